@@ -1,0 +1,684 @@
+//! Exchange Web Services: folder discovery, listing since a watermark, MIME fetch.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use roxmltree::Node;
+use time::OffsetDateTime;
+
+use super::soap::{self, NS_MESSAGES, NS_TYPES, child, child_text, escape};
+use super::throttle::{self, BackoffGate};
+use super::transport::Transport;
+use super::{
+    AttachmentInfo, Error, FetchedItem, FolderInfo, ItemOutcome, ItemRef, Listing, MailSource,
+};
+use crate::shutdown::StopFlag;
+
+/// The version header for Exchange 2013 SP1, 2016, 2019 and Online: the newest value the
+/// schema documents, and everything we use exists in it.
+pub const SERVER_VERSION: &str = "Exchange2013_SP1";
+
+/// Items per FindItem page: below the 250 that Exchange 2013+ allows for restricted searches.
+const FIND_ITEM_PAGE: usize = 200;
+/// Folders per FindFolder page.
+const FIND_FOLDER_PAGE: usize = 250;
+/// Items per GetItem with MIME: Microsoft recommends about 10 for MIME exports.
+const GET_ITEM_BATCH: usize = 10;
+/// At most this many bytes of (store-reported) item size per GetItem; larger items go alone.
+const GET_ITEM_BATCH_BYTES: u64 = 20 * 1024 * 1024;
+/// Attempts of one request before its error is handed to the caller.
+const MAX_ATTEMPTS: u32 = 6;
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_CAP: Duration = Duration::from_secs(60);
+/// Exchange asked to wait but said not how long.
+const DEFAULT_BUSY_WAIT: Duration = Duration::from_secs(30);
+/// PR_ATTR_HIDDEN.
+const PROPERTY_TAG_HIDDEN: &str = "0x10f4";
+
+/// How requests name the mailbox they are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The service account has delegate (FullAccess) rights; the mailbox is named in each
+    /// distinguished folder id.
+    Delegate,
+    /// The service account impersonates the mailbox owner (ExchangeImpersonation header).
+    Impersonation,
+}
+
+/// The EWS client of one worker thread.
+pub struct EwsSource {
+    transport: Transport,
+    access: Access,
+    gate: Arc<BackoffGate>,
+    stop: StopFlag,
+    /// Politeness pause between consecutive requests of this thread (`poll_message_sleep`).
+    request_pause: Duration,
+    /// Counts retries by reason, for logs and metrics.
+    on_retry: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+impl EwsSource {
+    pub fn new(
+        transport: Transport,
+        access: Access,
+        gate: Arc<BackoffGate>,
+        stop: StopFlag,
+        request_pause: Duration,
+        on_retry: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Self {
+        EwsSource {
+            transport,
+            access,
+            gate,
+            stop,
+            request_pause,
+            on_retry,
+        }
+    }
+
+    /// Posts an operation for `mailbox` and returns the response text, retrying transient
+    /// failures and honouring every wait the server demands, for all threads.
+    fn call<T>(
+        &mut self,
+        mailbox: &str,
+        operation: &str,
+        body: &str,
+        read: impl Fn(&roxmltree::Document<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let impersonate = (self.access == Access::Impersonation).then_some(mailbox);
+        let request = soap::envelope(SERVER_VERSION, impersonate, body);
+        let mut attempt = 0;
+        loop {
+            if !self.gate.wait(&self.stop) {
+                return Err(stopped());
+            }
+            if !self.request_pause.is_zero() && !self.stop.sleep(self.request_pause) {
+                return Err(stopped());
+            }
+            let result = self
+                .transport
+                .post(mailbox, &request)
+                .and_then(|reply| into_text(reply.body))
+                .and_then(|text| {
+                    // A fault or a whole-request throttling error fails the request; per-item
+                    // errors are for `read`.
+                    let clean = soap::sanitize_char_refs(&text);
+                    let doc = soap::parse(&clean)?;
+                    soap::check_fault(&doc)?;
+                    check_request_level_errors(&doc)?;
+                    read(&doc)
+                });
+            let err = match result {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            attempt += 1;
+            if !err.is_retryable() || attempt >= MAX_ATTEMPTS || self.stop.is_stopped() {
+                return Err(err);
+            }
+            let wait = match &err {
+                Error::Ews { code, .. } if code == "ErrorServerBusy" => {
+                    let wait = err.demanded_wait().unwrap_or(DEFAULT_BUSY_WAIT);
+                    if wait > throttle::MAX_DEMANDED_WAIT {
+                        return Err(err);
+                    }
+                    self.gate.pause_for(wait);
+                    wait
+                }
+                _ => match err.demanded_wait() {
+                    Some(wait) => {
+                        self.gate.pause_for(wait);
+                        wait
+                    }
+                    None => throttle::retry_delay(attempt - 1, RETRY_BASE, RETRY_CAP),
+                },
+            };
+            (self.on_retry)(err.kind());
+            log::warn!(
+                "mailbox={mailbox} {operation}: {err}; retry {attempt}/{} in {} ms",
+                MAX_ATTEMPTS - 1,
+                wait.as_millis()
+            );
+            if !self.stop.sleep(wait) {
+                return Err(stopped());
+            }
+        }
+    }
+
+    fn root_folder_id(&mut self, mailbox: &str) -> Result<String, Error> {
+        let body = format!(
+            concat!(
+                "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>",
+                "<m:FolderIds>{}</m:FolderIds></m:GetFolder>"
+            ),
+            self.distinguished_folder("msgfolderroot", mailbox)
+        );
+        self.call(mailbox, "GetFolder", &body, |doc| {
+            let (node, status) = first_message(doc)?;
+            if !status.success {
+                return Err(status.into_error());
+            }
+            soap::find(node, NS_TYPES, "FolderId")
+                .and_then(|n| n.attribute("Id"))
+                .map(str::to_owned)
+                .ok_or_else(|| malformed("GetFolder response has no FolderId"))
+        })
+    }
+
+    fn distinguished_folder(&self, id: &str, mailbox: &str) -> String {
+        match self.access {
+            Access::Delegate => format!(
+                r#"<t:DistinguishedFolderId Id="{id}"><t:Mailbox><t:EmailAddress>{}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>"#,
+                escape(mailbox)
+            ),
+            Access::Impersonation => format!(r#"<t:DistinguishedFolderId Id="{id}"/>"#),
+        }
+    }
+}
+
+fn stopped() -> Error {
+    Error::Transport {
+        url: String::new(),
+        detail: "stopped before the request was sent".into(),
+    }
+}
+
+fn malformed(detail: impl Into<String>) -> Error {
+    Error::Malformed {
+        detail: detail.into(),
+    }
+}
+
+fn into_text(body: Vec<u8>) -> Result<String, Error> {
+    String::from_utf8(body).map_err(|e| malformed(format!("response is not UTF-8: {e}")))
+}
+
+/// Response-message codes that concern the whole request (throttling, timeouts) rather than
+/// one item; the request is retried as a whole.
+fn check_request_level_errors(doc: &roxmltree::Document<'_>) -> Result<(), Error> {
+    let Ok(messages) = soap::response_messages(doc) else {
+        return Ok(());
+    };
+    for (_, status) in messages {
+        if !status.success
+            && matches!(
+                status.code.as_str(),
+                "ErrorServerBusy"
+                    | "ErrorTimeoutExpired"
+                    | "ErrorExceededConnectionCount"
+                    | "ErrorTooManyObjectsOpened"
+                    | "ErrorInternalServerTransientError"
+                    | "ErrorBatchProcessingStopped"
+            )
+        {
+            return Err(status.into_error());
+        }
+    }
+    Ok(())
+}
+
+fn first_message<'a, 'i>(
+    doc: &'a roxmltree::Document<'i>,
+) -> Result<(Node<'a, 'i>, soap::MessageStatus), Error> {
+    soap::response_messages(doc)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| malformed("response has no response message"))
+}
+
+/// Paging state reported on `m:RootFolder`.
+struct Page {
+    next_offset: Option<usize>,
+    last: bool,
+}
+
+fn root_folder_page(root: Node<'_, '_>) -> Page {
+    Page {
+        next_offset: root
+            .attribute("IndexedPagingOffset")
+            .and_then(|v| v.parse().ok()),
+        last: root.attribute("IncludesLastItemInRange") != Some("false"),
+    }
+}
+
+/// One folder as FindFolder reports it.
+struct RawFolder {
+    parent_id: Option<String>,
+    name: String,
+    is_mail: bool,
+    hidden: bool,
+}
+
+impl MailSource for EwsSource {
+    fn discover_folders(&mut self, mailbox: &str) -> Result<Vec<FolderInfo>, Error> {
+        let root_id = self.root_folder_id(mailbox)?;
+        let mut folders: HashMap<String, RawFolder> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let mut offset = 0usize;
+        loop {
+            let body = format!(
+                concat!(
+                    r#"<m:FindFolder Traversal="Deep"><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape>"#,
+                    "<t:AdditionalProperties>",
+                    r#"<t:FieldURI FieldURI="folder:ParentFolderId"/>"#,
+                    r#"<t:FieldURI FieldURI="folder:DisplayName"/>"#,
+                    r#"<t:FieldURI FieldURI="folder:FolderClass"/>"#,
+                    r#"<t:ExtendedFieldURI PropertyTag="0x10F4" PropertyType="Boolean"/>"#,
+                    "</t:AdditionalProperties></m:FolderShape>",
+                    r#"<m:IndexedPageFolderView MaxEntriesReturned="{page}" Offset="{offset}" BasePoint="Beginning"/>"#,
+                    "<m:ParentFolderIds>{root}</m:ParentFolderIds></m:FindFolder>"
+                ),
+                page = FIND_FOLDER_PAGE,
+                offset = offset,
+                root = self.distinguished_folder("msgfolderroot", mailbox),
+            );
+            let (found, page) = self.call(mailbox, "FindFolder", &body, read_folder_page)?;
+            let returned = found.len();
+            for (id, folder) in found {
+                if !folders.contains_key(&id) {
+                    order.push(id.clone());
+                    folders.insert(id, folder);
+                }
+            }
+            if page.last || returned == 0 {
+                break;
+            }
+            offset = page
+                .next_offset
+                .unwrap_or(offset + returned)
+                .max(offset + 1);
+        }
+        Ok(mail_folders(&root_id, &folders, &order))
+    }
+
+    fn list_items(
+        &mut self,
+        mailbox: &str,
+        folder: &FolderInfo,
+        since: OffsetDateTime,
+        until: Option<OffsetDateTime>,
+        skip_ids: &HashSet<String>,
+        limit: usize,
+    ) -> Result<Listing, Error> {
+        let mut listing = Listing::default();
+        let mut seen: HashSet<String> = HashSet::new();
+        // Keyset paging: each page starts at the newest time seen so far, so items deleted
+        // meanwhile cannot shift an offset past items we have not seen. Only when a whole page
+        // shares one second do we page by offset within that second.
+        let mut from = since;
+        let mut offset = 0usize;
+        loop {
+            let restriction = match until {
+                None => format!(
+                    r#"<t:IsGreaterThanOrEqualTo><t:FieldURI FieldURI="item:DateTimeReceived"/><t:FieldURIOrConstant><t:Constant Value="{}"/></t:FieldURIOrConstant></t:IsGreaterThanOrEqualTo>"#,
+                    soap::format_datetime(from)
+                ),
+                Some(until) => format!(
+                    concat!(
+                        r#"<t:And><t:IsGreaterThanOrEqualTo><t:FieldURI FieldURI="item:DateTimeReceived"/><t:FieldURIOrConstant><t:Constant Value="{}"/></t:FieldURIOrConstant></t:IsGreaterThanOrEqualTo>"#,
+                        r#"<t:IsLessThanOrEqualTo><t:FieldURI FieldURI="item:DateTimeReceived"/><t:FieldURIOrConstant><t:Constant Value="{}"/></t:FieldURIOrConstant></t:IsLessThanOrEqualTo></t:And>"#
+                    ),
+                    soap::format_datetime(from),
+                    soap::format_datetime(until)
+                ),
+            };
+            let body = format!(
+                concat!(
+                    r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>"#,
+                    r#"<t:AdditionalProperties><t:FieldURI FieldURI="item:DateTimeReceived"/><t:FieldURI FieldURI="item:Size"/></t:AdditionalProperties>"#,
+                    "</m:ItemShape>",
+                    r#"<m:IndexedPageItemView MaxEntriesReturned="{page}" Offset="{offset}" BasePoint="Beginning"/>"#,
+                    "<m:Restriction>{restriction}</m:Restriction>",
+                    r#"<m:SortOrder><t:FieldOrder Order="Ascending"><t:FieldURI FieldURI="item:DateTimeReceived"/></t:FieldOrder></m:SortOrder>"#,
+                    r#"<m:ParentFolderIds><t:FolderId Id="{folder}"/></m:ParentFolderIds></m:FindItem>"#
+                ),
+                page = FIND_ITEM_PAGE,
+                offset = offset,
+                restriction = restriction,
+                folder = escape(&folder.id),
+            );
+            let (page_items, page) = self.call(mailbox, "FindItem", &body, |doc| {
+                read_item_page(doc, mailbox, folder)
+            })?;
+            let page_len = page_items.len();
+            let first_time = page_items.first().map(|i| i.received);
+            let last_time = page_items.last().map(|i| i.received);
+            for item in page_items {
+                if skip_ids.contains(&item.id) || !seen.insert(item.id.clone()) {
+                    continue;
+                }
+                if listing.items.len() == limit {
+                    listing.complete = false;
+                    return Ok(listing);
+                }
+                listing.items.push(item);
+            }
+            if page.last || page_len == 0 {
+                listing.complete = true;
+                return Ok(listing);
+            }
+            if listing.items.len() >= limit {
+                // More items exist beyond this page.
+                listing.complete = false;
+                return Ok(listing);
+            }
+            match (first_time, last_time) {
+                (Some(first), Some(last)) if first == last && last == from => offset += page_len,
+                (_, Some(last)) if last > from => {
+                    from = last;
+                    offset = 0;
+                }
+                _ => offset += page_len,
+            }
+        }
+    }
+
+    fn fetch_items(&mut self, mailbox: &str, items: &[ItemRef]) -> Result<Vec<ItemOutcome>, Error> {
+        let mut ids = String::new();
+        for item in items {
+            let _ = write!(ids, r#"<t:ItemId Id="{}"/>"#, escape(&item.id));
+        }
+        let body = format!(
+            concat!(
+                "<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>",
+                "<t:IncludeMimeContent>true</t:IncludeMimeContent>",
+                "<t:AdditionalProperties>",
+                r#"<t:FieldURI FieldURI="item:DateTimeReceived"/>"#,
+                r#"<t:FieldURI FieldURI="item:DateTimeSent"/>"#,
+                r#"<t:FieldURI FieldURI="item:Size"/>"#,
+                r#"<t:FieldURI FieldURI="item:HasAttachments"/>"#,
+                r#"<t:FieldURI FieldURI="item:Attachments"/>"#,
+                r#"<t:FieldURI FieldURI="item:Importance"/>"#,
+                r#"<t:FieldURI FieldURI="item:Sensitivity"/>"#,
+                r#"<t:FieldURI FieldURI="item:Categories"/>"#,
+                r#"<t:FieldURI FieldURI="item:ConversationId"/>"#,
+                r#"<t:FieldURI FieldURI="message:ConversationTopic"/>"#,
+                r#"<t:FieldURI FieldURI="message:InternetMessageId"/>"#,
+                r#"<t:FieldURI FieldURI="message:IsRead"/>"#,
+                "</t:AdditionalProperties></m:ItemShape>",
+                "<m:ItemIds>{ids}</m:ItemIds></m:GetItem>"
+            ),
+            ids = ids
+        );
+        self.call(mailbox, "GetItem", &body, |doc| read_items(doc, items))
+    }
+
+    fn fetch_batch_limits(&self) -> (usize, u64) {
+        (GET_ITEM_BATCH, GET_ITEM_BATCH_BYTES)
+    }
+}
+
+fn read_folder_page(
+    doc: &roxmltree::Document<'_>,
+) -> Result<(Vec<(String, RawFolder)>, Page), Error> {
+    let (message, status) = first_message(doc)?;
+    if !status.success {
+        return Err(status.into_error());
+    }
+    let root = child(message, NS_MESSAGES, "RootFolder")
+        .ok_or_else(|| malformed("FindFolder response has no RootFolder"))?;
+    let mut found = Vec::new();
+    for node in child(root, NS_TYPES, "Folders")
+        .into_iter()
+        .flat_map(|list| list.children().filter(|n| n.is_element()))
+    {
+        let Some(id) = child(node, NS_TYPES, "FolderId").and_then(|n| n.attribute("Id")) else {
+            return Err(malformed("FindFolder folder without FolderId"));
+        };
+        let class = child_text(node, "FolderClass");
+        let is_search = node.tag_name().name() == "SearchFolder";
+        // A missing class counts as mail, as Outlook treats it.
+        let is_mail = !is_search
+            && class.is_none_or(|c| c.is_empty() || c == "IPF.Note" || c.starts_with("IPF.Note."));
+        let hidden = node
+            .children()
+            .filter(|n| n.has_tag_name((NS_TYPES, "ExtendedProperty")))
+            .any(|prop| {
+                let tag = child(prop, NS_TYPES, "ExtendedFieldURI")
+                    .and_then(|u| u.attribute("PropertyTag"))
+                    .unwrap_or("");
+                tag.eq_ignore_ascii_case(PROPERTY_TAG_HIDDEN)
+                    && child_text(prop, "Value") == Some("true")
+            });
+        let folder = RawFolder {
+            parent_id: child(node, NS_TYPES, "ParentFolderId")
+                .and_then(|n| n.attribute("Id"))
+                .map(str::to_owned),
+            name: child_text(node, "DisplayName").unwrap_or("").to_owned(),
+            is_mail,
+            hidden,
+        };
+        found.push((id.to_owned(), folder));
+    }
+    Ok((found, root_folder_page(root)))
+}
+
+fn read_item_page(
+    doc: &roxmltree::Document<'_>,
+    mailbox: &str,
+    folder: &FolderInfo,
+) -> Result<(Vec<ItemRef>, Page), Error> {
+    let (message, status) = first_message(doc)?;
+    if !status.success {
+        return Err(status.into_error());
+    }
+    let root = child(message, NS_MESSAGES, "RootFolder")
+        .ok_or_else(|| malformed("FindItem response has no RootFolder"))?;
+    let mut page_items = Vec::new();
+    for node in child(root, NS_TYPES, "Items")
+        .into_iter()
+        .flat_map(|list| list.children().filter(|n| n.is_element()))
+    {
+        let Some(id) = child(node, NS_TYPES, "ItemId").and_then(|n| n.attribute("Id")) else {
+            return Err(malformed("FindItem item without ItemId"));
+        };
+        // The restriction cannot match an item without a received time (some drafts); if one
+        // slips through we cannot place it relative to the watermark.
+        let Some(received) = child_text(node, "DateTimeReceived").and_then(soap::parse_datetime)
+        else {
+            log::warn!(
+                "mailbox={mailbox} folder={:?} item={id}: no DateTimeReceived; not synced",
+                folder.path
+            );
+            continue;
+        };
+        page_items.push(ItemRef {
+            id: id.to_owned(),
+            received,
+            size_bytes: child_text(node, "Size").and_then(|s| s.parse().ok()),
+        });
+    }
+    Ok((page_items, root_folder_page(root)))
+}
+
+fn read_items(doc: &roxmltree::Document<'_>, items: &[ItemRef]) -> Result<Vec<ItemOutcome>, Error> {
+    let messages = soap::response_messages(doc)?;
+    if messages.len() != items.len() {
+        return Err(malformed(format!(
+            "GetItem answered {} messages for {} items",
+            messages.len(),
+            items.len()
+        )));
+    }
+    Ok(messages
+        .into_iter()
+        .zip(items)
+        .map(|((node, status), requested)| {
+            let skipped = |code: String, message: String| ItemOutcome::Skipped {
+                item_id: requested.id.clone(),
+                code,
+                message,
+            };
+            if !status.success {
+                return skipped(status.code, status.message);
+            }
+            let item = child(node, NS_MESSAGES, "Items")
+                .and_then(|items| items.children().find(|n| n.is_element()));
+            match item.map(|n| parse_item(n, &requested.id)) {
+                Some(Ok(fetched)) => ItemOutcome::Fetched(Box::new(fetched)),
+                Some(Err(detail)) => skipped("MalformedItem".into(), detail),
+                None => skipped(
+                    "MalformedItem".into(),
+                    "GetItem success without an item".into(),
+                ),
+            }
+        })
+        .collect())
+}
+
+/// Keeps mail folders whose every ancestor up to the root is a visible mail folder, and builds
+/// their display-name paths. Children may be listed before their parents.
+fn mail_folders(
+    root_id: &str,
+    folders: &HashMap<String, RawFolder>,
+    order: &[String],
+) -> Vec<FolderInfo> {
+    let mut out = Vec::new();
+    'folders: for id in order {
+        let mut path = Vec::new();
+        let mut current = id.as_str();
+        // A parent chain longer than the folder count is a cycle.
+        for _ in 0..=folders.len() {
+            if current == root_id {
+                path.reverse();
+                out.push(FolderInfo {
+                    id: id.clone(),
+                    path,
+                });
+                continue 'folders;
+            }
+            let Some(folder) = folders.get(current) else {
+                // Parent outside the listing (should not happen under msgfolderroot): skip.
+                continue 'folders;
+            };
+            if !folder.is_mail || folder.hidden {
+                continue 'folders;
+            }
+            path.push(folder.name.clone());
+            match &folder.parent_id {
+                Some(parent) => current = parent,
+                None => continue 'folders,
+            }
+        }
+        log::warn!("folder {id}: its parent chain loops; skipped");
+    }
+    out
+}
+
+fn parse_item(node: Node<'_, '_>, item_id: &str) -> Result<FetchedItem, String> {
+    let mime_text = child_text(node, "MimeContent").ok_or("item has no MimeContent")?;
+    let mime = decode_base64(mime_text).map_err(|e| format!("MimeContent is not base64: {e}"))?;
+    let bool_of = |name| child_text(node, name).map(|v| v == "true");
+    let attachments = child(node, NS_TYPES, "Attachments")
+        .map(|list| {
+            list.children()
+                .filter(|n| n.is_element())
+                .map(|a| AttachmentInfo {
+                    name: child_text(a, "Name").unwrap_or("").to_owned(),
+                    size_bytes: child_text(a, "Size").and_then(|s| s.parse().ok()),
+                    content_type: child_text(a, "ContentType").map(str::to_owned).or_else(|| {
+                        (a.tag_name().name() == "ItemAttachment")
+                            .then(|| "message/rfc822".to_owned())
+                    }),
+                    inline: child_text(a, "IsInline") == Some("true"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(FetchedItem {
+        item_id: child(node, NS_TYPES, "ItemId")
+            .and_then(|n| n.attribute("Id"))
+            .unwrap_or(item_id)
+            .to_owned(),
+        mime,
+        received: child_text(node, "DateTimeReceived").and_then(soap::parse_datetime),
+        sent: child_text(node, "DateTimeSent").and_then(soap::parse_datetime),
+        internet_message_id: child_text(node, "InternetMessageId")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        conversation_id: child(node, NS_TYPES, "ConversationId")
+            .and_then(|n| n.attribute("Id"))
+            .map(str::to_owned),
+        conversation_topic: child_text(node, "ConversationTopic").map(str::to_owned),
+        has_attachments: bool_of("HasAttachments"),
+        is_read: bool_of("IsRead"),
+        importance: child_text(node, "Importance").map(str::to_owned),
+        sensitivity: child_text(node, "Sensitivity").map(str::to_owned),
+        categories: child(node, NS_TYPES, "Categories")
+            .map(|c| {
+                c.children()
+                    .filter(|n| n.is_element())
+                    .filter_map(|n| n.text())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        size_bytes: child_text(node, "Size").and_then(|s| s.parse().ok()),
+        attachments,
+    })
+}
+
+/// Decodes base64 as Exchange sends it: usually one line, sometimes wrapped, padding optional.
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const ENGINE: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    if text.bytes().any(|b| b.is_ascii_whitespace()) {
+        let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        ENGINE.decode(compact)
+    } else {
+        ENGINE.decode(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(parent: &str, name: &str, is_mail: bool, hidden: bool) -> RawFolder {
+        RawFolder {
+            parent_id: Some(parent.to_owned()),
+            name: name.to_owned(),
+            is_mail,
+            hidden,
+        }
+    }
+
+    #[test]
+    fn folder_paths_skip_hidden_and_non_mail_subtrees() {
+        let mut folders = HashMap::new();
+        folders.insert("2024".to_owned(), raw("projects", "2024", true, false));
+        folders.insert("projects".to_owned(), raw("inbox", "Projects", true, false));
+        folders.insert("inbox".to_owned(), raw("root", "Inbox", true, false));
+        folders.insert("cal".to_owned(), raw("root", "Calendar", false, false));
+        folders.insert("under-cal".to_owned(), raw("cal", "Sub", true, false));
+        folders.insert("hidden".to_owned(), raw("root", "Hidden", true, true));
+        folders.insert("loop-a".to_owned(), raw("loop-b", "A", true, false));
+        folders.insert("loop-b".to_owned(), raw("loop-a", "B", true, false));
+        let order: Vec<String> = [
+            "2024",
+            "projects",
+            "inbox",
+            "cal",
+            "under-cal",
+            "hidden",
+            "loop-a",
+        ]
+        .map(String::from)
+        .to_vec();
+        let found = mail_folders("root", &folders, &order);
+        let paths: Vec<_> = found.iter().map(|f| f.path.join("/")).collect();
+        assert_eq!(paths, ["Inbox/Projects/2024", "Inbox/Projects", "Inbox"]);
+    }
+
+    #[test]
+    fn base64_with_wrapping_and_without_padding() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGVs\r\nbG8").unwrap(), b"hello");
+    }
+}

@@ -1,0 +1,358 @@
+//! State committer: the single writer of sync state. It advances a folder's watermark only
+//! through the contiguous prefix of batches the sink has stored, and persists it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use time::OffsetDateTime;
+
+use super::Shared;
+use super::messages::{Commit, Event, FolderJob};
+use super::state::{FolderState, MailboxState, STATE_VERSION};
+use crate::metrics::Metrics;
+
+/// Progress of one folder job.
+struct JobProgress {
+    job: FolderJob,
+    /// Batches acknowledged but not yet applied because an earlier one is outstanding.
+    pending: BTreeMap<u32, (Vec<(OffsetDateTime, String)>, bool)>,
+    next_seq: u32,
+    /// A batch was not stored: the watermark stops before it for this job.
+    blocked: bool,
+    listed: Option<Listed>,
+}
+
+struct Listed {
+    batches: u32,
+    complete: bool,
+    error: Option<crate::exchange::Error>,
+}
+
+/// Runs the committer until every fetcher and uploader has hung up. `states` holds the loaded
+/// state of every mailbox, by mailbox index.
+pub fn run(
+    shared: Arc<Shared>,
+    mut states: Vec<MailboxState>,
+    commits: Receiver<Commit>,
+    events: Sender<Event>,
+) {
+    let mut jobs: HashMap<u64, JobProgress> = HashMap::new();
+    let mut dirty: HashSet<usize> = HashSet::new();
+    while let Ok(first) = commits.recv() {
+        // Apply everything already queued before writing, so a burst of acks costs one write.
+        let mut message = Some(first);
+        while let Some(commit) = message.take().or_else(|| commits.try_recv().ok()) {
+            apply(&shared, &mut jobs, &mut states, &mut dirty, commit);
+        }
+        persist(&shared, &states, &mut dirty);
+        finish_done_jobs(&shared, &mut jobs, &mut states, &mut dirty, &events);
+        persist(&shared, &states, &mut dirty);
+    }
+    if !jobs.is_empty() {
+        log::info!(
+            "{} folder jobs were cut short by the stop; they resume from their saved watermark",
+            jobs.len()
+        );
+    }
+}
+
+fn apply(
+    shared: &Shared,
+    jobs: &mut HashMap<u64, JobProgress>,
+    states: &mut [MailboxState],
+    dirty: &mut HashSet<usize>,
+    commit: Commit,
+) {
+    match commit {
+        Commit::Started(job) => {
+            jobs.insert(
+                job.job_id,
+                JobProgress {
+                    job,
+                    pending: BTreeMap::new(),
+                    next_seq: 0,
+                    blocked: false,
+                    listed: None,
+                },
+            );
+        }
+        Commit::Acked {
+            job_id,
+            seq,
+            covers,
+            stored,
+        } => {
+            let Some(progress) = jobs.get_mut(&job_id) else {
+                log::error!("acknowledgement for unknown job {job_id}; ignored");
+                return;
+            };
+            progress.pending.insert(seq, (covers, stored));
+            // Advance through the contiguous prefix of stored batches.
+            while let Some((covers, stored)) = progress.pending.remove(&progress.next_seq) {
+                progress.next_seq += 1;
+                if progress.blocked {
+                    continue;
+                }
+                if !stored {
+                    progress.blocked = true;
+                    continue;
+                }
+                progress
+                    .job
+                    .cursor
+                    .advance(covers.iter().map(|(t, id)| (*t, id.as_str())));
+                let state = folder_state(&mut states[progress.job.mailbox], &progress.job);
+                state.set_cursor(&progress.job.cursor);
+                state.last_synced_at = Some(OffsetDateTime::now_utc());
+                dirty.insert(progress.job.mailbox);
+            }
+        }
+        Commit::Listed {
+            job_id,
+            batches,
+            complete,
+            error,
+        } => {
+            if let Some(progress) = jobs.get_mut(&job_id) {
+                progress.listed = Some(Listed {
+                    batches,
+                    complete,
+                    error,
+                });
+            }
+        }
+    }
+    let _ = shared;
+}
+
+/// The persisted state of a job's folder, created from the job's starting cursor if new.
+fn folder_state<'a>(state: &'a mut MailboxState, job: &FolderJob) -> &'a mut FolderState {
+    let entry = state
+        .folders
+        .entry(job.folder.id.clone())
+        .or_insert_with(|| FolderState {
+            path: job.folder.path.clone(),
+            synced_until: job.cursor.synced_until,
+            ids_at_synced_until: Vec::new(),
+            last_synced_at: None,
+            status: "ok".into(),
+            last_error: None,
+        });
+    entry.path.clone_from(&job.folder.path);
+    entry
+}
+
+fn finish_done_jobs(
+    shared: &Shared,
+    jobs: &mut HashMap<u64, JobProgress>,
+    states: &mut [MailboxState],
+    dirty: &mut HashSet<usize>,
+    events: &Sender<Event>,
+) {
+    let done: Vec<u64> = jobs
+        .iter()
+        .filter(|(_, p)| p.listed.as_ref().is_some_and(|l| p.next_seq >= l.batches))
+        .map(|(id, _)| *id)
+        .collect();
+    for job_id in done {
+        let Some(progress) = jobs.remove(&job_id) else {
+            continue;
+        };
+        let Some(listed) = progress.listed else {
+            continue;
+        };
+        let job = progress.job;
+        let address = &shared.mailboxes[job.mailbox].address;
+        let error = match (&listed.error, progress.blocked) {
+            (Some(err), _) => Some(err.to_string()),
+            (None, true) => Some("a batch could not be stored in the sink".to_owned()),
+            (None, false) => None,
+        };
+        if let Some(message) = &error {
+            Metrics::add(&shared.metrics.job_failures, 1);
+            log::error!("mailbox={address} folder={:?}: {message}", job.folder.path);
+        }
+        let state = folder_state(&mut states[job.mailbox], &job);
+        let (status, last_error) = match &error {
+            Some(message) => ("error", Some(message.clone())),
+            None => ("ok", None),
+        };
+        if state.status != status || state.last_error != last_error {
+            state.status = status.into();
+            state.last_error = last_error;
+            dirty.insert(job.mailbox);
+        }
+        let _ = events.send(Event::FolderDone {
+            mailbox: job.mailbox,
+            folder_id: job.folder.id.clone(),
+            cursor: job.cursor,
+            complete: listed.complete && error.is_none(),
+            fatal: listed.error.as_ref().is_some_and(|e| e.is_fatal()),
+            error,
+        });
+    }
+}
+
+fn persist(shared: &Shared, states: &[MailboxState], dirty: &mut HashSet<usize>) {
+    for mailbox in dirty.drain() {
+        let config = &shared.mailboxes[mailbox];
+        let mut state = states[mailbox].clone();
+        state.version = STATE_VERSION;
+        if let Err(err) = shared.sink.save_state(&config.bucket, &state) {
+            // The data is stored; only the watermark lags. The next write retries it, and at
+            // worst a restart re-copies some emails, which is harmless (ids are stable).
+            log::error!("mailbox={}: cannot save sync state: {err}", config.address);
+            Metrics::add(&shared.metrics.job_failures, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Bucket, MailboxConfig, StartFrom};
+    use crate::exchange::FolderInfo;
+    use crate::sink::Sink;
+    use crate::sink::local::LocalSink;
+    use crate::sync::state::Cursor;
+    use time::macros::datetime;
+
+    fn shared(dir: &std::path::Path) -> Arc<Shared> {
+        Arc::new(Shared {
+            mailboxes: vec![MailboxConfig {
+                address: "a@b.c".into(),
+                bucket: Bucket {
+                    owner: "o".into(),
+                    name: "b".into(),
+                },
+                start_from: StartFrom::Bucket,
+                start_timestamp: None,
+            }],
+            sink: Arc::new(LocalSink::new(dir)),
+            stop: Default::default(),
+            metrics: Default::default(),
+            emails_per_folder: 100,
+            batch_size: 10,
+            poll_frequency: std::time::Duration::from_secs(1),
+        })
+    }
+
+    fn job() -> FolderJob {
+        FolderJob {
+            job_id: 7,
+            mailbox: 0,
+            folder: FolderInfo {
+                id: "f".into(),
+                path: vec!["Inbox".into()],
+            },
+            cursor: Cursor::starting_at(datetime!(2024-01-01 0:00 UTC)),
+            until: None,
+        }
+    }
+
+    fn covers(second: u8, id: &str) -> Vec<(OffsetDateTime, String)> {
+        vec![(
+            datetime!(2024-01-01 0:00 UTC) + time::Duration::seconds(second.into()),
+            id.into(),
+        )]
+    }
+
+    fn run_commits(
+        dir: &std::path::Path,
+        commits: Vec<Commit>,
+    ) -> (Option<crate::sync::state::MailboxState>, Vec<Event>) {
+        let shared = shared(dir);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (event_tx, event_rx) = crossbeam_channel::unbounded();
+        for commit in commits {
+            tx.send(commit).unwrap();
+        }
+        drop(tx);
+        let state = MailboxState {
+            version: STATE_VERSION,
+            mailbox: "a@b.c".into(),
+            folders: Default::default(),
+        };
+        run(shared.clone(), vec![state], rx, event_tx);
+        let bucket = &shared.mailboxes[0].bucket;
+        (
+            shared.sink.load_state(bucket, "a@b.c").unwrap(),
+            event_rx.try_iter().collect(),
+        )
+    }
+
+    #[test]
+    fn watermark_moves_only_through_the_contiguous_stored_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let ack = |seq, second, id: &str, stored| Commit::Acked {
+            job_id: 7,
+            seq,
+            covers: covers(second, id),
+            stored,
+        };
+        // Batch 2 is acked first, batch 1 fails: only batch 0 counts.
+        let (state, events) = run_commits(
+            dir.path(),
+            vec![
+                Commit::Started(job()),
+                ack(2, 3, "c", true),
+                ack(0, 1, "a", true),
+                ack(1, 2, "b", false),
+                Commit::Listed {
+                    job_id: 7,
+                    batches: 3,
+                    complete: true,
+                    error: None,
+                },
+            ],
+        );
+        let folder = &state.unwrap().folders["f"];
+        assert_eq!(folder.synced_until, datetime!(2024-01-01 0:00:01 UTC));
+        assert_eq!(folder.ids_at_synced_until, vec!["a".to_owned()]);
+        assert_eq!(folder.status, "error");
+        match &events[..] {
+            [
+                Event::FolderDone {
+                    complete,
+                    error,
+                    cursor,
+                    ..
+                },
+            ] => {
+                assert!(!complete);
+                assert!(error.is_some());
+                assert_eq!(cursor.synced_until, datetime!(2024-01-01 0:00:01 UTC));
+            }
+            other => panic!("unexpected events {other:?}"),
+        }
+    }
+
+    #[test]
+    fn job_finishes_only_when_every_batch_is_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, events) = run_commits(
+            dir.path(),
+            vec![
+                Commit::Started(job()),
+                Commit::Listed {
+                    job_id: 7,
+                    batches: 2,
+                    complete: true,
+                    error: None,
+                },
+                Commit::Acked {
+                    job_id: 7,
+                    seq: 0,
+                    covers: covers(1, "a"),
+                    stored: true,
+                },
+            ],
+        );
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(
+            state.unwrap().folders["f"].synced_until,
+            datetime!(2024-01-01 0:00:01 UTC)
+        );
+    }
+}

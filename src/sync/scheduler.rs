@@ -1,0 +1,315 @@
+//! Scheduler: one thread deciding which mailbox to rediscover and which folder to sync next,
+//! so folders of all mailboxes take turns and one huge folder never starves the others.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender};
+use time::OffsetDateTime;
+
+use super::Shared;
+use super::messages::{Event, FolderJob, Job};
+use super::state::Cursor;
+use crate::config::StartFrom;
+use crate::exchange::FolderInfo;
+use crate::metrics::Metrics;
+
+/// Upper bound on waiting for a folder whose last pass failed, whatever `poll_frequency` says.
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How the run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--once` finished with everything copied (or the stop flag was set).
+    Finished,
+    /// `--once` finished, but some mailboxes or folders failed; their errors were logged.
+    FinishedWithErrors(usize),
+    /// Nothing can work until the operator acts (credentials rejected).
+    Fatal(String),
+}
+
+/// Per-mailbox scheduling state.
+struct MailboxSlot {
+    discovering: bool,
+    discovered_once: bool,
+    folders: Vec<FolderInfo>,
+    cursors: HashMap<String, Cursor>,
+    busy: HashSet<String>,
+    /// Folders whose last pass failed, with when they may run again.
+    failed_until: HashMap<String, Instant>,
+    next_cycle_at: Instant,
+    /// `--once`: folders that have nothing more to copy up to the cut-off.
+    drained: HashSet<String>,
+    /// `--once`: the mailbox is finished (all folders drained or failed, or it failed).
+    once_done: bool,
+    consecutive_failures: u32,
+}
+
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    slots: Vec<MailboxSlot>,
+    queue: VecDeque<Job>,
+    next_job_id: u64,
+    /// `--once`: copy only emails received at or before this instant.
+    until: Option<OffsetDateTime>,
+    errors: usize,
+}
+
+impl Scheduler {
+    /// `cursors` holds, per mailbox, the persisted cursors by folder id.
+    pub fn new(
+        shared: Arc<Shared>,
+        cursors: Vec<HashMap<String, Cursor>>,
+        until: Option<OffsetDateTime>,
+    ) -> Self {
+        let now = Instant::now();
+        let slots = cursors
+            .into_iter()
+            .map(|cursors| MailboxSlot {
+                discovering: false,
+                discovered_once: false,
+                folders: Vec::new(),
+                cursors,
+                busy: HashSet::new(),
+                failed_until: HashMap::new(),
+                next_cycle_at: now,
+                drained: HashSet::new(),
+                once_done: false,
+                consecutive_failures: 0,
+            })
+            .collect();
+        Scheduler {
+            shared,
+            slots,
+            queue: VecDeque::new(),
+            next_job_id: 0,
+            until,
+            errors: 0,
+        }
+    }
+
+    /// Runs until `--once` is done, the stop flag is set, or a fatal error occurs. Dropping
+    /// `jobs` on return is what shuts the fetchers down.
+    pub fn run(mut self, jobs: Sender<Job>, events: Receiver<Event>) -> Outcome {
+        let stop = self.shared.stop.clone();
+        let stopped = stop.channel();
+        loop {
+            if stop.is_stopped() {
+                return Outcome::Finished;
+            }
+            self.start_due_cycles();
+            if self.until.is_some() && self.slots.iter().all(|s| s.once_done) {
+                return if self.errors == 0 {
+                    Outcome::Finished
+                } else {
+                    Outcome::FinishedWithErrors(self.errors)
+                };
+            }
+            let timeout = self.next_wakeup().saturating_duration_since(Instant::now());
+            let mut select = Select::new();
+            let events_index = select.recv(&events);
+            let stop_index = select.recv(&stopped);
+            let send_index = (!self.queue.is_empty()).then(|| select.send(&jobs));
+            let Ok(operation) = select.select_timeout(timeout) else {
+                continue;
+            };
+            match operation.index() {
+                i if i == events_index => match operation.recv(&events) {
+                    Ok(event) => {
+                        if let Some(outcome) = self.handle(event) {
+                            return outcome;
+                        }
+                    }
+                    // Every fetcher and the committer are gone: nothing more can happen.
+                    Err(_) => return Outcome::Fatal("worker threads ended unexpectedly".into()),
+                },
+                i if i == stop_index => {
+                    let _ = operation.recv(&stopped);
+                    return Outcome::Finished;
+                }
+                i if Some(i) == send_index => {
+                    let job = self
+                        .queue
+                        .pop_front()
+                        .expect("send is selected only with a queued job");
+                    if operation.send(&jobs, job).is_err() {
+                        return Outcome::Fatal("fetcher threads ended unexpectedly".into());
+                    }
+                }
+                _ => unreachable!("select returned an index it was not given"),
+            }
+        }
+    }
+
+    /// Queues a discovery for each mailbox whose poll time has come and that is idle.
+    fn start_due_cycles(&mut self) {
+        let now = Instant::now();
+        let once = self.until.is_some();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let idle = !slot.discovering && slot.busy.is_empty();
+            let due = if once {
+                !slot.discovered_once
+            } else {
+                now >= slot.next_cycle_at
+            };
+            if idle && due && !slot.once_done {
+                slot.discovering = true;
+                slot.next_cycle_at = now + self.shared.poll_frequency;
+                self.queue.push_back(Job::Discover { mailbox: index });
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        if self.until.is_some() {
+            return far;
+        }
+        self.slots
+            .iter()
+            .filter(|s| !s.discovering && s.busy.is_empty())
+            .map(|s| s.next_cycle_at)
+            .min()
+            .unwrap_or(far)
+    }
+
+    fn handle(&mut self, event: Event) -> Option<Outcome> {
+        match event {
+            Event::Discovered { mailbox, result } => {
+                let address = self.shared.mailboxes[mailbox].address.clone();
+                let slot = &mut self.slots[mailbox];
+                slot.discovering = false;
+                slot.discovered_once = true;
+                match result {
+                    Ok(folders) => {
+                        slot.consecutive_failures = 0;
+                        slot.folders = folders;
+                        let list: Vec<FolderInfo> = slot.folders.clone();
+                        for folder in list {
+                            self.queue_folder(mailbox, folder);
+                        }
+                        self.check_once_done(mailbox);
+                    }
+                    Err(err) if err.is_fatal() => {
+                        return Some(Outcome::Fatal(format!("mailbox={address}: {err}")));
+                    }
+                    Err(err) => {
+                        Metrics::add(&self.shared.metrics.job_failures, 1);
+                        slot.consecutive_failures += 1;
+                        let retry_in = self
+                            .shared
+                            .poll_frequency
+                            .saturating_mul(slot.consecutive_failures)
+                            .min(MAX_ERROR_BACKOFF)
+                            .max(self.shared.poll_frequency);
+                        slot.next_cycle_at = Instant::now() + retry_in;
+                        let hint = if err.is_mailbox_fatal() {
+                            " (check the address and the service account's rights on this mailbox)"
+                        } else {
+                            ""
+                        };
+                        log::error!("mailbox={address}: cannot list folders: {err}{hint}");
+                        if self.until.is_some() {
+                            slot.once_done = true;
+                            self.errors += 1;
+                        }
+                    }
+                }
+            }
+            Event::FolderDone {
+                mailbox,
+                folder_id,
+                cursor,
+                complete,
+                error,
+                fatal,
+            } => {
+                if fatal {
+                    let address = &self.shared.mailboxes[mailbox].address;
+                    return Some(Outcome::Fatal(format!(
+                        "mailbox={address}: {}",
+                        error.unwrap_or_default()
+                    )));
+                }
+                let slot = &mut self.slots[mailbox];
+                slot.busy.remove(&folder_id);
+                slot.cursors.insert(folder_id.clone(), cursor);
+                let folder = slot.folders.iter().find(|f| f.id == folder_id).cloned();
+                match (error, folder) {
+                    (Some(_), _) => {
+                        // Logged by the committer. Try again later, not in a tight loop.
+                        let retry_at =
+                            Instant::now() + self.shared.poll_frequency.min(MAX_ERROR_BACKOFF);
+                        slot.failed_until.insert(folder_id.clone(), retry_at);
+                        if self.until.is_some() {
+                            slot.drained.insert(folder_id);
+                            self.errors += 1;
+                        }
+                    }
+                    (None, Some(folder)) if !complete => {
+                        // More to copy: back of the queue, so other folders get their turn.
+                        self.queue_folder(mailbox, folder);
+                    }
+                    (None, _) => {
+                        slot.failed_until.remove(&folder_id);
+                        slot.drained.insert(folder_id);
+                    }
+                }
+                self.check_once_done(mailbox);
+            }
+        }
+        None
+    }
+
+    fn queue_folder(&mut self, mailbox: usize, folder: FolderInfo) {
+        let config = &self.shared.mailboxes[mailbox];
+        let slot = &mut self.slots[mailbox];
+        if slot.busy.contains(&folder.id)
+            || slot.drained.contains(&folder.id) && self.until.is_some()
+        {
+            return;
+        }
+        if let Some(until) = slot.failed_until.get(&folder.id)
+            && Instant::now() < *until
+            && self.until.is_none()
+        {
+            return;
+        }
+        let cursor = slot
+            .cursors
+            .entry(folder.id.clone())
+            .or_insert_with(|| {
+                Cursor::starting_at(start_of(config.start_timestamp, config.start_from))
+            })
+            .clone();
+        slot.busy.insert(folder.id.clone());
+        self.next_job_id += 1;
+        self.queue.push_back(Job::SyncFolder(FolderJob {
+            job_id: self.next_job_id,
+            mailbox,
+            folder,
+            cursor,
+            until: self.until,
+        }));
+    }
+
+    fn check_once_done(&mut self, mailbox: usize) {
+        if self.until.is_none() {
+            return;
+        }
+        let slot = &mut self.slots[mailbox];
+        if slot.discovered_once
+            && !slot.discovering
+            && slot.busy.is_empty()
+            && slot.folders.iter().all(|f| slot.drained.contains(&f.id))
+        {
+            slot.once_done = true;
+        }
+    }
+}
+
+/// Where a folder without saved state starts.
+fn start_of(start_timestamp: Option<OffsetDateTime>, _start_from: StartFrom) -> OffsetDateTime {
+    start_timestamp.unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
