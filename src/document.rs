@@ -59,37 +59,39 @@ pub struct Attachment {
 impl EmailDoc {
     /// Builds the document of `item` found in `folder_path` of `mailbox`. `fallback_received`
     /// is the listing's received time, for servers that omit it in GetItem.
+    /// The MIME buffer is moved, not copied: emails can be tens of megabytes.
     pub fn from_item(
         mailbox: &str,
         folder_path: &[String],
-        item: &FetchedItem,
+        item: FetchedItem,
         fallback_received: OffsetDateTime,
     ) -> EmailDoc {
         let received = item.received.unwrap_or(fallback_received);
+        let id = email_id(mailbox, &item);
         EmailDoc {
-            id: email_id(mailbox, item),
+            id,
             mailbox: mailbox.to_owned(),
             timestamp: rfc3339(item.sent.unwrap_or(received)),
-            mime_content: mime_to_text(&item.mime),
+            mime_content: mime_to_text(item.mime),
             metadata: Metadata {
                 folder: folder_path.to_vec(),
                 received_at: Some(rfc3339(received)),
-                conversation_id: item.conversation_id.clone(),
-                conversation_topic: item.conversation_topic.clone(),
+                conversation_id: item.conversation_id,
+                conversation_topic: item.conversation_topic,
                 has_attachments: item.has_attachments,
                 is_read: item.is_read,
-                importance: item.importance.clone(),
-                sensitivity: item.sensitivity.clone(),
-                categories: item.categories.clone(),
+                importance: item.importance,
+                sensitivity: item.sensitivity,
+                categories: item.categories,
                 size: item.size_bytes,
             },
             attachments: item
                 .attachments
-                .iter()
+                .into_iter()
                 .map(|a| Attachment {
-                    name: a.name.clone(),
+                    name: a.name,
                     size: a.size_bytes,
-                    content_type: a.content_type.clone(),
+                    content_type: a.content_type,
                     inline: a.inline,
                 })
                 .collect(),
@@ -135,10 +137,11 @@ fn rfc3339(t: OffsetDateTime) -> String {
 /// of valid UTF-8 (an 8-bit ISO-8859-1 body, say) becomes the character with that byte's
 /// Latin-1 code point (0xE9 → 'é'), never U+FFFD: nothing is lost, and the common case of an
 /// undeclared Latin-1 body even reads correctly.
-pub fn mime_to_text(mime: &[u8]) -> String {
-    match std::str::from_utf8(mime) {
-        Ok(text) => text.to_owned(),
-        Err(_) => {
+pub fn mime_to_text(mime: Vec<u8>) -> String {
+    match String::from_utf8(mime) {
+        Ok(text) => text,
+        Err(err) => {
+            let mime = err.into_bytes();
             let mut out = String::with_capacity(mime.len() + mime.len() / 8);
             for chunk in mime.utf8_chunks() {
                 out.push_str(chunk.valid());
@@ -157,9 +160,9 @@ mod tests {
 
     #[test]
     fn utf8_passes_through_and_latin1_bytes_are_kept() {
-        assert_eq!(mime_to_text("café ✓".as_bytes()), "café ✓");
-        assert_eq!(mime_to_text(b"caf\xe9 \xe2\x9c\x93"), "café ✓");
-        assert!(!mime_to_text(b"\xff\xfe\x80").contains('\u{FFFD}'));
+        assert_eq!(mime_to_text("café ✓".into()), "café ✓");
+        assert_eq!(mime_to_text(b"caf\xe9 \xe2\x9c\x93".to_vec()), "café ✓");
+        assert!(!mime_to_text(b"\xff\xfe\x80".to_vec()).contains('\u{FFFD}'));
     }
 
     #[test]
@@ -202,7 +205,7 @@ mod tests {
         let doc = EmailDoc::from_item(
             "a@b.c",
             &["Inbox".into()],
-            &item,
+            item,
             datetime!(2000-01-01 0:00 UTC),
         );
         let json = serde_json::to_value(&doc).unwrap();

@@ -11,7 +11,7 @@ use super::raw::{Field, RawConfig, Slot};
 use super::types::{AccessType, Auth, Config, MicrosoftApi, OAuthCredential};
 use crate::secret::Secret;
 
-pub(super) const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";
+const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";
 const DEFAULT_PORT: u16 = 80;
 const DEFAULT_POLL_FREQUENCY: Duration = Duration::from_secs(15);
 const DEFAULT_POLL_MESSAGE_SLEEP: Duration = Duration::from_millis(100);

@@ -278,9 +278,9 @@ impl MailSource for EwsSource {
             let (found, page) = self.call(mailbox, "FindFolder", &body, read_folder_page)?;
             let returned = found.len();
             for (id, folder) in found {
-                if !folders.contains_key(&id) {
-                    order.push(id.clone());
-                    folders.insert(id, folder);
+                if let std::collections::hash_map::Entry::Vacant(slot) = folders.entry(id) {
+                    order.push(slot.key().clone());
+                    slot.insert(folder);
                 }
             }
             if page.last || returned == 0 {

@@ -213,7 +213,6 @@ mod tests {
     use super::*;
     use crate::config::{Bucket, MailboxConfig, StartFrom};
     use crate::exchange::FolderInfo;
-    use crate::sink::Sink;
     use crate::sink::local::LocalSink;
     use crate::sync::state::Cursor;
     use time::macros::datetime;

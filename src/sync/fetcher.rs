@@ -112,7 +112,7 @@ fn sync_folder(
         for (item, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 ItemOutcome::Fetched(fetched) => {
-                    let doc = EmailDoc::from_item(&address, &folder.path, &fetched, item.received);
+                    let doc = EmailDoc::from_item(&address, &folder.path, *fetched, item.received);
                     builder.push_doc(item, doc);
                 }
                 ItemOutcome::Skipped {

@@ -1,0 +1,292 @@
+//! Integration tests: the exchange-sync binary against the loopback fake Exchange, a real
+//! NTLM acceptor (pyspnego), and the local-files sink.
+
+mod support;
+
+use std::time::Duration;
+
+use fake_exchange::{FakeExchange, GenSpec, NtlmUser, Options};
+use serde_json::json;
+use support::*;
+use time::macros::datetime;
+
+fn spec(mailboxes: usize, emails_per_mailbox: usize) -> GenSpec {
+    GenSpec {
+        seed: 7,
+        mailboxes,
+        emails_per_mailbox,
+        mime_bytes: 1500,
+        start: datetime!(2024-03-01 08:00 UTC),
+    }
+}
+
+fn ntlm_user() -> NtlmUser {
+    NtlmUser {
+        domain: NTLM_DOMAIN.into(),
+        user: NTLM_USER.into(),
+        password: NTLM_PASSWORD.into(),
+    }
+}
+
+fn addresses(fake: &FakeExchange) -> Vec<String> {
+    fake.data().mailboxes.iter().map(|m| m.address.clone()).collect()
+}
+
+#[test]
+fn once_copies_5000_emails_in_nested_folders_exactly() {
+    let fake = FakeExchange::start(
+        fake_exchange::generate(&spec(2, 2500)),
+        Options {
+            ntlm: Some(ntlm_user()),
+            // Small server pages force FindFolder and FindItem paging.
+            max_find_page: 37,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A small per-folder cap makes big folders take several turns.
+    let config = write_config(
+        dir.path(),
+        &config(&fake.url(), &addresses(&fake), json!({"emails_per_folder": 300, "reinfer_batch_size": 50})),
+    );
+    let prefix = dir.path().join("sink");
+    run_once(&config, &prefix);
+    let copied = assert_exact_copy(&fake.data(), &prefix);
+    assert!(copied >= 4500, "the data set should hold about 5000 syncable emails, got {copied}");
+    let stats = fake.stats();
+    assert!(stats.requests("FindFolder") >= 4, "FindFolder was not paged: {stats:?}");
+
+    // A second run finds nothing new and copies nothing again.
+    run_once(&config, &prefix);
+    assert_exact_copy(&fake.data(), &prefix);
+}
+
+#[test]
+fn emails_sharing_the_watermark_second_are_neither_lost_nor_repeated() {
+    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 60)), Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config(&fake.url(), &addresses(&fake), json!({})));
+    let prefix = dir.path().join("sink");
+    run_once(&config, &prefix);
+    assert_exact_copy(&fake.data(), &prefix);
+
+    // New mail arrives in the same second as the newest copied email of a folder, and after.
+    let data = fake.data();
+    let mailbox = &data.mailboxes[0];
+    let (folder, newest) = mailbox
+        .synced_items()
+        .max_by_key(|(_, item)| item.received)
+        .unwrap();
+    for n in 0..3u64 {
+        let mime = format!("Message-ID: <same-second-{n}@test>\r\nSubject: same second {n}\r\n\r\nbody {n}\r\n");
+        fake.add_item(&mailbox.address, &folder.id, fake_exchange::make_item(1000 + n, newest.received, mime.into_bytes()));
+    }
+    let later = newest.received + time::Duration::seconds(1);
+    fake.add_item(
+        &mailbox.address,
+        &folder.id,
+        fake_exchange::make_item(2000, later, b"Message-ID: <later@test>\r\nSubject: later\r\n\r\nx\r\n".to_vec()),
+    );
+    run_once(&config, &prefix);
+    assert_exact_copy(&fake.data(), &prefix);
+}
+
+#[test]
+fn restart_after_kill_9_resumes_with_nothing_missing() {
+    let fake = FakeExchange::start(
+        fake_exchange::generate(&spec(2, 600)),
+        Options {
+            latency: Duration::from_millis(3),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &config(&fake.url(), &addresses(&fake), json!({"reinfer_batch_size": 20, "max_concurrent_fetches": 2})),
+    );
+    let prefix = dir.path().join("sink");
+    let mut child = command(&config, &prefix, &["--once", "--debug-level", "0"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it between batches: once some state is saved, long before it is done.
+    wait_until(Duration::from_secs(60), "the first saved state", || {
+        prefix.join("state").exists() && !files_under(&prefix.join("state")).is_empty()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = read_docs(&prefix).len();
+    let total: usize = fake.data().mailboxes.iter().map(|m| m.synced_items().count()).sum();
+    assert!(before < total, "the first run finished before it was killed ({before} of {total})");
+
+    run_once(&config, &prefix);
+    let docs = read_docs(&prefix);
+    let ids: std::collections::HashSet<String> = docs.iter().map(|(_, d)| d["id"].as_str().unwrap().to_owned()).collect();
+    for mailbox in &fake.data().mailboxes {
+        for (_, item) in mailbox.synced_items() {
+            assert!(ids.contains(&expected_id(&mailbox.address, item)), "item {} lost across kill -9", item.id);
+        }
+    }
+    assert_eq!(ids.len(), total);
+    // No partial file ever sits under a final name.
+    for path in files_under(&prefix.join("data")) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.ends_with(".jsonl") || name.starts_with(".tmp-"), "{name}");
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_saves_state() {
+    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 50)), Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config(&fake.url(), &addresses(&fake), json!({})));
+    let prefix = dir.path().join("sink");
+    let child = command(&config, &prefix, &["--debug-level", "0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "the first copy", || {
+        read_docs(&prefix).len() == fake.data().mailboxes[0].synced_items().count()
+    });
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
+    assert!(!files_under(&prefix.join("state")).is_empty());
+    assert_exact_copy(&fake.data(), &prefix);
+}
+
+#[test]
+fn ntlm_against_a_real_acceptor_uses_one_connection_per_handshake() {
+    let fake = FakeExchange::start(fake_exchange::generate(&spec(2, 150)), Options::default()).unwrap();
+    let proxy = NtlmProxy::start(&fake.url());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &config(&proxy.url, &addresses(&fake), json!({"max_concurrent_fetches": 4})));
+    let prefix = dir.path().join("sink");
+    run_once(&config, &prefix);
+    assert_exact_copy(&fake.data(), &prefix);
+    let stats = proxy.stats();
+    let ok = stats["handshakes_ok"].as_u64().unwrap();
+    assert!(ok >= 1, "{stats}");
+    // Kept-alive connections: about one handshake per fetcher thread, not one per request.
+    assert!(ok <= 8, "too many NTLM handshakes ({ok}): connections are not reused: {stats}");
+    assert_eq!(stats["handshakes_failed"], 0, "{stats}");
+    for legs in stats["ports_per_handshake"].as_array().unwrap() {
+        let ports = legs.as_array().unwrap();
+        assert_eq!(ports[1], ports[2], "Type1 and Type3 on different connections: {stats}");
+    }
+}
+
+#[test]
+fn wrong_ntlm_password_is_a_clear_fatal_error() {
+    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 5)), Options::default()).unwrap();
+    let proxy = NtlmProxy::start(&fake.url());
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = "Wrong-Passw0rd-42";
+    let config = write_config(
+        dir.path(),
+        &config(&proxy.url, &addresses(&fake), json!({"auth_password": wrong})),
+    );
+    let run = run(command(&config, &dir.path().join("sink"), &["--once", "--debug-level", "2"]));
+    assert_eq!(run.code(), Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("rejected the credentials of TESTDOM\\svc-sync"), "{}", run.stderr);
+    assert!(!run.stderr.contains(wrong) && !run.stdout.contains(wrong), "the password leaked");
+}
+
+#[test]
+fn impersonation_names_the_mailbox_in_the_header() {
+    let fake = FakeExchange::start(fake_exchange::generate(&spec(2, 20)), Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &config(&fake.url(), &addresses(&fake), json!({"access_type": "impersonation"})),
+    );
+    let prefix = dir.path().join("sink");
+    run_once(&config, &prefix);
+    assert_exact_copy(&fake.data(), &prefix);
+}
+
+#[test]
+fn config_errors_are_all_reported_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({
+        "ews_endpoint": "ftp://exchange",
+        "auth_type": "ntlm",
+        "auth_user": "CORP\\svc",
+        "max_concurrent_uploads": 40,
+        "mailboxes": {"a@example.com": {"bucket": {"owner": "o", "name": "../x"}}}
+    });
+    let path = write_config(dir.path(), &config);
+    let run = run(command(&path, &dir.path().join("sink"), &["--once"]));
+    assert_eq!(run.code(), Some(2), "{}", run.stderr);
+    for key in ["ews_endpoint", "max_concurrent_uploads", "auth_password", "bucket.name"] {
+        assert!(run.stderr.contains(key), "error for {key} missing:\n{}", run.stderr);
+    }
+
+    std::fs::write(&path, b"{\n  \"mailboxes\": {,\n}").unwrap();
+    let run = run(command(&path, &dir.path().join("sink"), &["--once"]));
+    assert_eq!(run.code(), Some(2));
+    assert!(run.stderr.contains(":2:"), "syntax error without line: {}", run.stderr);
+}
+
+#[test]
+fn print_config_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config("http://127.0.0.1:9/EWS/Exchange.asmx", &["a@example.com".into()], json!({})));
+    let run = run(command(&path, &dir.path().join("sink"), &["--print-config"]));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let printed: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(printed["auth_password"], "**REDACTED**");
+    assert!(!run.stdout.contains(NTLM_PASSWORD) && !run.stderr.contains(NTLM_PASSWORD));
+}
+
+#[test]
+fn remote_config_is_read_from_the_sink_and_a_local_file_wins() {
+    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 10)), Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("sink");
+    let stored = config(&fake.url(), &addresses(&fake), json!({}));
+    std::fs::create_dir_all(prefix.join("config/demo")).unwrap();
+    std::fs::write(prefix.join("config/demo/prod.json"), serde_json::to_vec(&stored).unwrap()).unwrap();
+    let mut command = std::process::Command::new(BIN);
+    command
+        .env_remove("REINFER_EWS_CONFIG")
+        .args(["--local-files-prefix"])
+        .arg(&prefix)
+        .args(["--remote-config-owner", "demo", "--remote-config-key", "prod", "--once", "--debug-level", "0"]);
+    let result = run(command);
+    assert_eq!(result.code(), Some(0), "{}", result.stderr);
+    assert_exact_copy(&fake.data(), &prefix);
+
+    let missing = run({
+        let mut c = std::process::Command::new(BIN);
+        c.env_remove("REINFER_EWS_CONFIG")
+            .arg("--local-files-prefix")
+            .arg(&prefix)
+            .args(["--remote-config-owner", "demo", "--remote-config-key", "nope", "--once"]);
+        c
+    });
+    assert_eq!(missing.code(), Some(2));
+    assert!(missing.stderr.contains("nope.json"), "{}", missing.stderr);
+}
+
+#[test]
+fn unsupported_sinks_and_flag_mistakes_exit_2() {
+    for args in [
+        vec!["--reinfer-api-endpoint", "https://x/api/"],
+        vec!["--private-file-prefix", "az://acct/container"],
+        vec!["--local-files-prefix", "/tmp/x", "--reinfer-api-endpoint", "https://x/"],
+        vec!["--local-files-prefix", "/tmp/x", "--shard-name", "s-1"],
+        vec!["--local-files-prefix", "/tmp/x", "--bogus"],
+    ] {
+        let mut command = std::process::Command::new(BIN);
+        command.env_remove("REINFER_EWS_CONFIG").args(&args);
+        let result = run(command);
+        assert_eq!(result.code(), Some(2), "{args:?}: {}{}", result.stdout, result.stderr);
+    }
+}
