@@ -127,13 +127,15 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Documents by id, failing if any id appears twice.
-pub fn docs_by_unique_id(docs: &[(PathBuf, Value)]) -> HashMap<String, Value> {
+/// Documents by (mailbox, id), failing if any appears twice. The same email delivered to two
+/// mailboxes legitimately has one id in both.
+pub fn docs_by_unique_id(docs: &[(PathBuf, Value)]) -> HashMap<(String, String), Value> {
     let mut by_id = HashMap::new();
     for (path, doc) in docs {
         let id = doc["id"].as_str().expect("id is a string").to_owned();
-        if by_id.insert(id.clone(), doc.clone()).is_some() {
-            panic!("id {id} stored twice (second copy in {})", path.display());
+        let mailbox = doc["mailbox"].as_str().expect("mailbox is a string").to_owned();
+        if by_id.insert((mailbox.clone(), id.clone()), doc.clone()).is_some() {
+            panic!("mailbox {mailbox} id {id} stored twice (second copy in {})", path.display());
         }
     }
     by_id
@@ -161,7 +163,7 @@ pub fn assert_exact_copy(data: &fake_exchange::DataSet, prefix: &Path) -> usize 
             expected += 1;
             let id = expected_id(&mailbox.address, item);
             let doc = by_id
-                .get(&id)
+                .get(&(mailbox.address.clone(), id.clone()))
                 .unwrap_or_else(|| panic!("mailbox {} item {} ({id}) was not copied", mailbox.address, item.id));
             assert_eq!(doc["mailbox"], mailbox.address.as_str());
             let mime = doc["mime_content"].as_str().unwrap();

@@ -102,9 +102,11 @@ fn strip_prefixes(subject: &str) -> &str {
     }
 }
 
+/// What a folder holds besides its share of the synced mail.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Extra {
-    None,
+    /// Share (weight) of the mail a client must copy.
+    Synced(u32),
     Mail,
     Calendar,
     Contacts,
@@ -121,8 +123,6 @@ struct FolderSpec {
     class: Option<&'static str>,
     kind: FolderKind,
     hidden: bool,
-    /// Share of the synced mail.
-    weight: u32,
     extra: Extra,
 }
 
@@ -133,7 +133,6 @@ const fn f(
     class: Option<&'static str>,
     kind: FolderKind,
     hidden: bool,
-    weight: u32,
     extra: Extra,
 ) -> FolderSpec {
     FolderSpec {
@@ -143,50 +142,51 @@ const fn f(
         class,
         kind,
         hidden,
-        weight,
         extra,
     }
 }
 
 const NOTE: Option<&str> = Some("IPF.Note");
+use Extra::Synced as S;
 use FolderKind as K;
 
 /// The folder tree of every generated mailbox (index in this table = folder number in ids).
+#[rustfmt::skip]
 const FOLDERS: &[FolderSpec] = &[
-    f("inbox", None, "Inbox", NOTE, K::Folder, false, 40, Extra::None),
-    f("projects", Some("inbox"), "Projects", NOTE, K::Folder, false, 5, Extra::None),
-    f("p2024", Some("projects"), "2024", NOTE, K::Folder, false, 10, Extra::None),
-    f("p2025", Some("projects"), "2025", NOTE, K::Folder, false, 10, Extra::None),
-    f("reports", Some("inbox"), "Q1/Q2 Reports", NOTE, K::Folder, false, 4, Extra::None),
-    f("donnees", Some("inbox"), "Données", NOTE, K::Folder, false, 4, Extra::None),
-    f("rnd", Some("inbox"), "R&D <Lab>", NOTE, K::Folder, false, 2, Extra::None),
-    f("sent", None, "Sent Items", NOTE, K::Folder, false, 10, Extra::None),
-    f("drafts", None, "Drafts", NOTE, K::Folder, false, 2, Extra::None),
-    f("deleted", None, "Deleted Items", NOTE, K::Folder, false, 3, Extra::None),
-    f("junk", None, "Junk Email", NOTE, K::Folder, false, 2, Extra::None),
-    f("outbox", None, "Outbox", NOTE, K::Folder, false, 0, Extra::None),
-    f("archive", None, "Archive", NOTE, K::Folder, false, 1, Extra::None),
-    f("old", Some("archive"), "Old", NOTE, K::Folder, false, 4, Extra::None),
-    f("empty", None, "Empty Folder", NOTE, K::Folder, false, 0, Extra::None),
-    f("noclass", None, "No Class Folder", None, K::Folder, false, 2, Extra::None),
-    f("custom", None, "Custom Class", Some("IPF.Note.Custom"), K::Folder, false, 2, Extra::None),
-    f("syncissues", None, "Sync Issues", NOTE, K::Folder, false, 0, Extra::None),
-    f("conflicts", Some("syncissues"), "Conflicts", NOTE, K::Folder, false, 0, Extra::None),
-    f("localfailures", Some("syncissues"), "Local Failures", NOTE, K::Folder, false, 0, Extra::None),
-    f("serverfailures", Some("syncissues"), "Server Failures", NOTE, K::Folder, false, 0, Extra::None),
-    f("calendar", None, "Calendar", Some("IPF.Appointment"), K::Calendar, false, 0, Extra::Calendar),
-    f("calmail", Some("calendar"), "Mail Under Calendar", NOTE, K::Folder, false, 0, Extra::Mail),
-    f("contacts", None, "Contacts", Some("IPF.Contact"), K::Contacts, false, 0, Extra::Contacts),
-    f("gal", Some("contacts"), "{06967759-274D-40B2-A3EB-D7F9E73727D7}", Some("IPF.Contact"), K::Contacts, true, 0, Extra::None),
-    f("recipientcache", Some("contacts"), "Recipient Cache", Some("IPF.Contact.RecipientCache"), K::Contacts, true, 0, Extra::None),
-    f("tasks", None, "Tasks", Some("IPF.Task"), K::Tasks, false, 0, Extra::Tasks),
-    f("notes", None, "Notes", Some("IPF.StickyNote"), K::Folder, false, 0, Extra::Note),
-    f("journal", None, "Journal", Some("IPF.Journal"), K::Folder, false, 0, Extra::None),
-    f("hiddenmail", None, "Legacy Hidden Mail", NOTE, K::Folder, true, 0, Extra::Mail),
-    f("insidehidden", Some("hiddenmail"), "Inside Hidden", NOTE, K::Folder, false, 0, Extra::Mail),
-    f("search", None, "Unread Mail", NOTE, K::Search, false, 0, Extra::SearchCopies),
-    f("cas", None, "Conversation Action Settings", Some("IPF.Configuration"), K::Folder, true, 0, Extra::ConversationAction),
-    f("qss", None, "Quick Step Settings", Some("IPF.Configuration"), K::Folder, true, 0, Extra::None),
+    f("inbox", None, "Inbox", NOTE, K::Folder, false, S(40)),
+    f("projects", Some("inbox"), "Projects", NOTE, K::Folder, false, S(5)),
+    f("p2024", Some("projects"), "2024", NOTE, K::Folder, false, S(10)),
+    f("p2025", Some("projects"), "2025", NOTE, K::Folder, false, S(10)),
+    f("reports", Some("inbox"), "Q1/Q2 Reports", NOTE, K::Folder, false, S(4)),
+    f("donnees", Some("inbox"), "Données", NOTE, K::Folder, false, S(4)),
+    f("rnd", Some("inbox"), "R&D <Lab>", NOTE, K::Folder, false, S(2)),
+    f("sent", None, "Sent Items", NOTE, K::Folder, false, S(10)),
+    f("drafts", None, "Drafts", NOTE, K::Folder, false, S(2)),
+    f("deleted", None, "Deleted Items", NOTE, K::Folder, false, S(3)),
+    f("junk", None, "Junk Email", NOTE, K::Folder, false, S(2)),
+    f("outbox", None, "Outbox", NOTE, K::Folder, false, S(0)),
+    f("archive", None, "Archive", NOTE, K::Folder, false, S(1)),
+    f("old", Some("archive"), "Old", NOTE, K::Folder, false, S(4)),
+    f("empty", None, "Empty Folder", NOTE, K::Folder, false, S(0)),
+    f("noclass", None, "No Class Folder", None, K::Folder, false, S(2)),
+    f("custom", None, "Custom Class", Some("IPF.Note.Custom"), K::Folder, false, S(2)),
+    f("syncissues", None, "Sync Issues", NOTE, K::Folder, false, S(0)),
+    f("conflicts", Some("syncissues"), "Conflicts", NOTE, K::Folder, false, S(0)),
+    f("localfailures", Some("syncissues"), "Local Failures", NOTE, K::Folder, false, S(0)),
+    f("serverfailures", Some("syncissues"), "Server Failures", NOTE, K::Folder, false, S(0)),
+    f("calendar", None, "Calendar", Some("IPF.Appointment"), K::Calendar, false, Extra::Calendar),
+    f("calmail", Some("calendar"), "Mail Under Calendar", NOTE, K::Folder, false, Extra::Mail),
+    f("contacts", None, "Contacts", Some("IPF.Contact"), K::Contacts, false, Extra::Contacts),
+    f("gal", Some("contacts"), "{06967759-274D-40B2-A3EB-D7F9E73727D7}", Some("IPF.Contact"), K::Contacts, true, S(0)),
+    f("recipientcache", Some("contacts"), "Recipient Cache", Some("IPF.Contact.RecipientCache"), K::Contacts, true, S(0)),
+    f("tasks", None, "Tasks", Some("IPF.Task"), K::Tasks, false, Extra::Tasks),
+    f("notes", None, "Notes", Some("IPF.StickyNote"), K::Folder, false, Extra::Note),
+    f("journal", None, "Journal", Some("IPF.Journal"), K::Folder, false, S(0)),
+    f("hiddenmail", None, "Legacy Hidden Mail", NOTE, K::Folder, true, Extra::Mail),
+    f("insidehidden", Some("hiddenmail"), "Inside Hidden", NOTE, K::Folder, false, Extra::Mail),
+    f("search", None, "Unread Mail", NOTE, K::Search, false, Extra::SearchCopies),
+    f("cas", None, "Conversation Action Settings", Some("IPF.Configuration"), K::Folder, true, Extra::ConversationAction),
+    f("qss", None, "Quick Step Settings", Some("IPF.Configuration"), K::Folder, true, S(0)),
 ];
 
 const TOPICS: &[&str] = &[
@@ -297,7 +297,7 @@ impl MailboxGen<'_> {
         let key = FOLDERS[folder].key;
         let me = owner(&self.address);
         let external = |rng: &mut Rng| {
-            let (n, a) = *rng.pick(SENDERS);
+            let (n, a) = rng.pick(SENDERS);
             Person {
                 name: n.to_string(),
                 address: a.to_string(),
@@ -322,7 +322,7 @@ impl MailboxGen<'_> {
             let t = self.threads[rng.below(self.threads.len() as u64) as usize].clone();
             (t.0, t.1, t.2)
         } else {
-            let base = *rng.pick(TOPICS);
+            let base = rng.pick(TOPICS);
             let topic = if rng.chance(1, 2) {
                 format!("{base} ({})", rng.range(2, 99))
             } else {
@@ -361,7 +361,10 @@ impl MailboxGen<'_> {
             (
                 Person {
                     name: "Microsoft Outlook".into(),
-                    address: format!("MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@{}", self.address.split('@').nth(1).unwrap_or("example.test")),
+                    address: format!(
+                        "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@{}",
+                        self.address.split('@').nth(1).unwrap_or("example.test")
+                    ),
                 },
                 vec![me],
             )
@@ -380,7 +383,11 @@ impl MailboxGen<'_> {
                 rng.next_u64(),
                 self.mb,
                 index,
-                if is_sent { "EXCH01.example.test" } else { "mail.contoso.example" }
+                if is_sent {
+                    "EXCH01.example.test"
+                } else {
+                    "mail.contoso.example"
+                }
             ))
         } else {
             None
@@ -430,7 +437,8 @@ impl MailboxGen<'_> {
         };
         let built = mime::build(&mail, rng);
         if !reply {
-            self.threads.push((topic.clone(), conversation_id.clone(), message_id.clone()));
+            self.threads
+                .push((topic.clone(), conversation_id.clone(), message_id.clone()));
             if self.threads.len() > 20 {
                 self.threads.remove(0);
             }
@@ -506,7 +514,12 @@ impl MailboxGen<'_> {
     }
 }
 
-fn generate_mailbox(spec: &GenSpec, n: usize, address: &str, shared: &[Item]) -> (Mailbox, Vec<Item>) {
+fn generate_mailbox(
+    spec: &GenSpec,
+    n: usize,
+    address: &str,
+    shared: &[Item],
+) -> (Mailbox, Vec<Item>) {
     let mb = n as u16;
     let mut g = MailboxGen {
         spec,
@@ -543,7 +556,13 @@ fn generate_mailbox(spec: &GenSpec, n: usize, address: &str, shared: &[Item]) ->
         burst_left: 0,
         started: false,
     };
-    let weights: Vec<u32> = FOLDERS.iter().map(|s| s.weight).collect();
+    let weights: Vec<u32> = FOLDERS
+        .iter()
+        .map(|s| match s.extra {
+            Extra::Synced(w) => w,
+            _ => 0,
+        })
+        .collect();
     let mut synced = Vec::with_capacity(spec.emails_per_mailbox);
     for i in 0..spec.emails_per_mailbox {
         let received = timeline.next(&mut g.rng, if i == 0 { 2 } else { 1 });
@@ -568,7 +587,7 @@ fn generate_mailbox(spec: &GenSpec, n: usize, address: &str, shared: &[Item]) ->
     // Items a correct client must not copy.
     let extra = (spec.emails_per_mailbox / 50).max(2);
     let times: Vec<OffsetDateTime> = synced.iter().map(|i| i.received).collect();
-    let mut pick_time = |rng: &mut Rng| {
+    let pick_time = |rng: &mut Rng| {
         if times.is_empty() {
             start
         } else {
@@ -577,7 +596,7 @@ fn generate_mailbox(spec: &GenSpec, n: usize, address: &str, shared: &[Item]) ->
     };
     for (fi, s) in FOLDERS.iter().enumerate() {
         let count = match s.extra {
-            Extra::None | Extra::SearchCopies => 0,
+            Extra::Synced(_) | Extra::SearchCopies => 0,
             Extra::Mail if s.parent.is_some() => extra.div_ceil(2),
             Extra::Mail | Extra::Calendar => extra,
             Extra::Contacts | Extra::Tasks => 2,
@@ -603,7 +622,7 @@ fn generate_mailbox(spec: &GenSpec, n: usize, address: &str, shared: &[Item]) ->
 
     let mut folders = g.folders;
     for f in &mut folders {
-        f.items.sort_by(|a, b| a.received.cmp(&b.received));
+        f.items.sort_by_key(|i| i.received);
     }
     (
         Mailbox {
@@ -632,11 +651,23 @@ mod tests {
     fn deterministic() {
         let a = generate(&small());
         let b = generate(&small());
-        let fa: Vec<_> = a.mailboxes[1].synced_items().map(|(_, i)| (i.id.clone(), i.mime.clone())).collect();
-        let fb: Vec<_> = b.mailboxes[1].synced_items().map(|(_, i)| (i.id.clone(), i.mime.clone())).collect();
+        let fa: Vec<_> = a.mailboxes[1]
+            .synced_items()
+            .map(|(_, i)| (i.id.clone(), i.mime.clone()))
+            .collect();
+        let fb: Vec<_> = b.mailboxes[1]
+            .synced_items()
+            .map(|(_, i)| (i.id.clone(), i.mime.clone()))
+            .collect();
         assert_eq!(fa, fb);
-        let c = generate(&GenSpec { seed: 10, ..small() });
-        assert_ne!(c.mailboxes[0].folders[0].items[0].mime, a.mailboxes[0].folders[0].items[0].mime);
+        let c = generate(&GenSpec {
+            seed: 10,
+            ..small()
+        });
+        assert_ne!(
+            c.mailboxes[0].folders[0].items[0].mime,
+            a.mailboxes[0].folders[0].items[0].mime
+        );
     }
 
     #[test]
@@ -660,31 +691,55 @@ mod tests {
             let synced: Vec<&Item> = mb.synced_items().map(|(_, i)| i).collect();
             assert!(synced.iter().any(|i| i.message_id.is_none()));
             assert!(synced.iter().any(|i| i.subject.contains('\u{1A}')));
-            assert!(synced.iter().any(|i| i.attachments.iter().any(|a| a.name.contains('\u{1F}'))));
+            assert!(
+                synced
+                    .iter()
+                    .any(|i| i.attachments.iter().any(|a| a.name.contains('\u{1F}')))
+            );
             assert!(synced.iter().any(|i| i.mime.contains(&0xE9)));
-            assert!(synced.iter().any(|i| i.item_class == "IPM.Schedule.Meeting.Request"));
+            assert!(
+                synced
+                    .iter()
+                    .any(|i| i.item_class == "IPM.Schedule.Meeting.Request")
+            );
             // bursts: many items share a received second
-            let mut seconds: Vec<i64> = synced.iter().map(|i| i.received.unix_timestamp()).collect();
+            let mut seconds: Vec<i64> =
+                synced.iter().map(|i| i.received.unix_timestamp()).collect();
             seconds.sort();
             let distinct = {
                 let mut d = seconds.clone();
                 d.dedup();
                 d.len()
             };
-            assert!(distinct * 3 <= seconds.len() + distinct, "{distinct} of {}", seconds.len());
+            assert!(
+                distinct * 3 <= seconds.len() + distinct,
+                "{distinct} of {}",
+                seconds.len()
+            );
             let path = mb.mail_folder_path(&mb.folders[2].id);
             assert_eq!(path, vec!["Inbox", "Projects", "2024"]);
-            let hidden_child = mb.folders.iter().find(|f| f.display_name == "Inside Hidden").unwrap();
+            let hidden_child = mb
+                .folders
+                .iter()
+                .find(|f| f.display_name == "Inside Hidden")
+                .unwrap();
             assert!(!mb.is_synced_folder(hidden_child));
             assert!(!hidden_child.items.is_empty());
-            let noclass = mb.folders.iter().find(|f| f.folder_class.is_none()).unwrap();
+            let noclass = mb
+                .folders
+                .iter()
+                .find(|f| f.folder_class.is_none())
+                .unwrap();
             assert!(mb.is_synced_folder(noclass));
         }
         // first two mails: same second, different Message-IDs
         let mb = &data.mailboxes[0];
         let mut all: Vec<&Item> = mb.synced_items().map(|(_, i)| i).collect();
         all.sort_by_key(|i| i.received);
-        assert_eq!(all[0].received.unix_timestamp(), all[1].received.unix_timestamp());
+        assert_eq!(
+            all[0].received.unix_timestamp(),
+            all[1].received.unix_timestamp()
+        );
         assert_ne!(all[0].message_id, all[1].message_id);
         assert!(all[0].message_id.is_some() && all[1].message_id.is_some());
     }
@@ -696,6 +751,9 @@ mod tests {
         assert_eq!(item.subject, "écho test");
         assert_eq!(item.message_id.as_deref(), Some("<x@y>"));
         assert_eq!(item.sent, Some(datetime!(2024-03-01 10:00:00 UTC)));
-        assert_eq!(crate::ids::decode(&item.id).unwrap().mailbox, crate::ids::UNASSIGNED_MAILBOX);
+        assert_eq!(
+            crate::ids::decode(&item.id).unwrap().mailbox,
+            crate::ids::UNASSIGNED_MAILBOX
+        );
     }
 }

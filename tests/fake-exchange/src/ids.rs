@@ -117,7 +117,10 @@ mod tests {
     fn round_trip_and_shape() {
         for serial in [0u64, 1, 77, 0xFFFF_FFFF_FFFF] {
             let id = encode(IdKind::Item, 3, 12, serial);
-            assert!(id.contains('+') && id.contains('/') && id.ends_with('='), "{id}");
+            assert!(
+                id.contains('+') && id.contains('/') && id.ends_with('='),
+                "{id}"
+            );
             assert!(id.starts_with("AAMk"));
             let d = decode(&id).unwrap();
             assert_eq!(

@@ -73,10 +73,38 @@ struct Material {
 }
 
 const WORDS: &[&str] = &[
-    "project", "budget", "meeting", "review", "draft", "timeline", "customer", "invoice",
-    "schedule", "quarter", "numbers", "proposal", "update", "please", "attached", "thanks",
-    "regards", "follow-up", "deadline", "contract", "report", "team", "status", "action",
-    "items", "next", "week", "Monday", "agenda", "notes", "approve", "release",
+    "project",
+    "budget",
+    "meeting",
+    "review",
+    "draft",
+    "timeline",
+    "customer",
+    "invoice",
+    "schedule",
+    "quarter",
+    "numbers",
+    "proposal",
+    "update",
+    "please",
+    "attached",
+    "thanks",
+    "regards",
+    "follow-up",
+    "deadline",
+    "contract",
+    "report",
+    "team",
+    "status",
+    "action",
+    "items",
+    "next",
+    "week",
+    "Monday",
+    "agenda",
+    "notes",
+    "approve",
+    "release",
 ];
 
 const GREETINGS: &[&str] = &[
@@ -100,10 +128,20 @@ pub(crate) fn build(spec: &MailSpec, rng: &mut Rng) -> Built {
         }),
         pdf: fake_pdf(rng),
         png: fake_png(rng),
-        signature: rng.bytes(rng.range(700, 1400) as usize),
+        signature: {
+            let n = rng.range(700, 1400) as usize;
+            rng.bytes(n)
+        },
         thread_index: STANDARD.encode(rng.bytes(22)),
-        cid: format!("image001.png@01DA{:04X}.{:08X}", rng.below(0xFFFF), rng.next_u64() as u32),
-        uid: format!("040000008200E00074C5B7101A82E008{:032X}", u128::from(rng.next_u64())),
+        cid: format!(
+            "image001.png@01DA{:04X}.{:08X}",
+            rng.below(0xFFFF),
+            rng.next_u64() as u32
+        ),
+        uid: format!(
+            "040000008200E00074C5B7101A82E008{:032X}",
+            u128::from(rng.next_u64())
+        ),
         greeting: rng.pick(GREETINGS),
     };
     let (probe, _) = assemble(spec, &material, "", "");
@@ -139,8 +177,9 @@ fn filler(rng: &mut Rng, len: usize) -> String {
 }
 
 fn fake_pdf(rng: &mut Rng) -> Vec<u8> {
-    let mut pdf = b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
-        .to_vec();
+    let mut pdf =
+        b"%PDF-1.4\n%\xE2\xE3\xCF\xD3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+            .to_vec();
     pdf.extend_from_slice(b"3 0 obj\n<< /Length 512 /Filter /FlateDecode >>\nstream\n");
     let n = rng.range(600, 1800) as usize;
     pdf.extend(rng.bytes(n));
@@ -149,8 +188,9 @@ fn fake_pdf(rng: &mut Rng) -> Vec<u8> {
 }
 
 fn fake_png(rng: &mut Rng) -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00"
-        .to_vec();
+    let mut png =
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x06\x00\x00\x00"
+            .to_vec();
     let n = rng.range(120, 400) as usize;
     png.extend(rng.bytes(n));
     png.extend_from_slice(b"\x00\x00\x00\x00IEND\xaeB`\x82");
@@ -228,9 +268,9 @@ fn quoted_printable(data: &[u8]) -> String {
         let mut col = 0;
         for (i, &b) in line.iter().enumerate() {
             let last = i + 1 == line.len();
-            let enc = if (b == b' ' || b == b'\t') && !last {
-                (b as char).to_string()
-            } else if (33..=126).contains(&b) && b != b'=' {
+            let literal =
+                ((b == b' ' || b == b'\t') && !last) || ((33..=126).contains(&b) && b != b'=');
+            let enc = if literal {
                 (b as char).to_string()
             } else {
                 format!("={b:02X}")
@@ -274,16 +314,16 @@ impl Parts<'_> {
     fn body_text(&self) -> String {
         format!(
             "{}\r\n\r\n{}\r\n{}\r\nBest regards,\r\n{}\r\n",
-            self.m.greeting,
-            self.spec.topic,
-            self.text,
-            self.spec.from.name
+            self.m.greeting, self.spec.topic, self.text, self.spec.from.name
         )
     }
 
     fn body_html(&self, with_image: bool) -> String {
         let img = if with_image {
-            format!("<p><img src=\"cid:{}\" width=\"16\" height=\"16\"></p>", self.m.cid)
+            format!(
+                "<p><img src=\"cid:{}\" width=\"16\" height=\"16\"></p>",
+                self.m.cid
+            )
         } else {
             String::new()
         };
@@ -345,7 +385,11 @@ impl Parts<'_> {
             fmt(start),
             fmt(start + time::Duration::hours(1)),
             self.m.uid,
-            if method == "CANCEL" { "CANCELLED" } else { "CONFIRMED" }
+            if method == "CANCEL" {
+                "CANCELLED"
+            } else {
+                "CONFIRMED"
+            }
         )
     }
 
@@ -506,7 +550,10 @@ fn assemble(spec: &MailSpec, m: &Material, text: &str, html: &str) -> (Vec<u8>, 
         "Received: from EXCH02.example.test (10.1.2.6) by EXCH01.example.test\r\n (10.1.2.5) with Microsoft SMTP Server (version=TLS1_2,\r\n cipher=TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) id 15.1.2507.39; {}\r\n",
         rfc2822(spec.received)
     ));
-    h.push_str(&format!("From: {}\r\n", address_header(std::slice::from_ref(&spec.from))));
+    h.push_str(&format!(
+        "From: {}\r\n",
+        address_header(std::slice::from_ref(&spec.from))
+    ));
     if !spec.to.is_empty() {
         h.push_str(&format!("To: {}\r\n", address_header(&spec.to)));
     }
@@ -519,7 +566,10 @@ fn assemble(spec: &MailSpec, m: &Material, text: &str, html: &str) -> (Vec<u8>, 
         encode_header_text(&spec.subject)
     };
     h.push_str(&format!("Subject: {subject}\r\n"));
-    h.push_str(&format!("Thread-Topic: {}\r\n", encode_header_text(&spec.topic)));
+    h.push_str(&format!(
+        "Thread-Topic: {}\r\n",
+        encode_header_text(&spec.topic)
+    ));
     h.push_str(&format!("Thread-Index: {}\r\n", m.thread_index));
     if let Some(date) = spec.date {
         h.push_str(&format!("Date: {}\r\n", rfc2822(date)));
@@ -528,10 +578,15 @@ fn assemble(spec: &MailSpec, m: &Material, text: &str, html: &str) -> (Vec<u8>, 
         h.push_str(&format!("Message-ID: {id}\r\n"));
     }
     if let Some(parent) = &spec.in_reply_to {
-        h.push_str(&format!("References: {parent}\r\nIn-Reply-To: {parent}\r\n"));
+        h.push_str(&format!(
+            "References: {parent}\r\nIn-Reply-To: {parent}\r\n"
+        ));
     }
     h.push_str("Accept-Language: en-US, de-DE\r\nContent-Language: en-US\r\n");
-    h.push_str(&format!("X-MS-Has-Attach: {}\r\n", if has_attach { "yes" } else { "" }));
+    h.push_str(&format!(
+        "X-MS-Has-Attach: {}\r\n",
+        if has_attach { "yes" } else { "" }
+    ));
     h.push_str("X-MS-Exchange-Organization-SCL: -1\r\nX-MS-TNEF-Correlator:\r\n");
     match spec.importance {
         "High" => h.push_str("Importance: high\r\nX-Priority: 1\r\n"),
@@ -643,11 +698,12 @@ fn decode_word(s: &str) -> Option<(String, usize)> {
         }
         _ => return None,
     };
-    let text = if charset.eq_ignore_ascii_case("iso-8859-1") || charset.eq_ignore_ascii_case("latin1") {
-        bytes.iter().map(|&b| b as char).collect()
-    } else {
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
+    let text =
+        if charset.eq_ignore_ascii_case("iso-8859-1") || charset.eq_ignore_ascii_case("latin1") {
+            bytes.iter().map(|&b| b as char).collect()
+        } else {
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
     Some((text, used))
 }
 
@@ -707,7 +763,10 @@ mod tests {
             }
             let subject = header(&built.mime, "subject").unwrap();
             assert_eq!(decode_header_text(&subject), "Résumé & <draft> ✓");
-            assert_eq!(header(&built.mime, "Message-ID").unwrap(), "<abc@example.test>");
+            assert_eq!(
+                header(&built.mime, "Message-ID").unwrap(),
+                "<abc@example.test>"
+            );
         }
         let latin = build(&spec(BodyKind::PlainLatin1), &mut Rng::new(3));
         assert!(latin.mime.contains(&0xE9));

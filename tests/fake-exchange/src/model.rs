@@ -147,7 +147,8 @@ impl Mailbox {
         let mut current = Some(folder);
         let mut steps = 0;
         while let Some(f) = current {
-            if f.hidden || f.kind != FolderKind::Folder || !is_mail_class(f.folder_class.as_deref()) {
+            if f.hidden || f.kind != FolderKind::Folder || !is_mail_class(f.folder_class.as_deref())
+            {
                 return false;
             }
             steps += 1;

@@ -82,8 +82,12 @@ impl Xml {
         self.buf.push('>');
     }
 
-    /// `<name>text</name>` (escaped)
+    /// `<name>text</name>` (escaped), `<name/>` for empty text as .NET writes it.
     pub(crate) fn leaf(&mut self, name: &str, text: &str) {
+        if text.is_empty() {
+            self.empty(name, &[]);
+            return;
+        }
         self.open(name, &[]);
         self.text(text);
         self.close(name);
@@ -114,7 +118,9 @@ pub(crate) fn response_start(x: &mut Xml, op: &str) {
 
 /// Close what [`response_start`] opened.
 pub(crate) fn response_end(x: &mut Xml, op: &str) {
-    x.raw(&format!("</m:ResponseMessages></m:{op}Response></s:Body></s:Envelope>"));
+    x.raw(&format!(
+        "</m:ResponseMessages></m:{op}Response></s:Body></s:Envelope>"
+    ));
 }
 
 /// `<m:{op}ResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>`
@@ -146,10 +152,16 @@ impl MsgError {
         }
     }
     pub(crate) fn item_not_found() -> MsgError {
-        MsgError::new("ErrorItemNotFound", "The specified object was not found in the store.")
+        MsgError::new(
+            "ErrorItemNotFound",
+            "The specified object was not found in the store.",
+        )
     }
     pub(crate) fn folder_not_found() -> MsgError {
-        MsgError::new("ErrorFolderNotFound", "The specified folder could not be found in the store.")
+        MsgError::new(
+            "ErrorFolderNotFound",
+            "The specified folder could not be found in the store.",
+        )
     }
     pub(crate) fn id_malformed() -> MsgError {
         MsgError::new("ErrorInvalidIdMalformed", "Id is malformed.")
@@ -166,7 +178,10 @@ impl MsgError {
         }
     }
     pub(crate) fn access_denied() -> MsgError {
-        MsgError::new("ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        MsgError::new(
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+        )
     }
     pub(crate) fn missing_email_address() -> MsgError {
         MsgError::new(
@@ -221,6 +236,8 @@ pub(crate) struct SoapFault {
     pub faultstring: String,
     pub message: String,
     pub detail: FaultDetail,
+    /// Why the fake gave this fault (kept in [`crate::Stats`], not sent).
+    pub note: Option<String>,
 }
 
 impl SoapFault {
@@ -234,6 +251,7 @@ impl SoapFault {
                 position,
                 violation,
             },
+            note: None,
         }
     }
 
@@ -247,7 +265,13 @@ impl SoapFault {
             faultstring: text.to_string(),
             message: text.to_string(),
             detail: FaultDetail::None,
+            note: None,
         }
+    }
+
+    pub(crate) fn with_note(mut self, note: impl Into<String>) -> SoapFault {
+        self.note = Some(note.into());
+        self
     }
 
     pub(crate) fn server_busy(back_off_ms: u64) -> SoapFault {
@@ -260,6 +284,7 @@ impl SoapFault {
                 "BackOffMilliseconds".to_string(),
                 back_off_ms.to_string(),
             )]),
+            note: None,
         }
     }
 
@@ -274,7 +299,10 @@ impl SoapFault {
         x.text(&self.faultstring);
         x.close("faultstring");
         x.raw("<detail>");
-        x.raw(&format!(r#"<e:ResponseCode xmlns:e="{NS_E}">{}</e:ResponseCode>"#, self.code));
+        x.raw(&format!(
+            r#"<e:ResponseCode xmlns:e="{NS_E}">{}</e:ResponseCode>"#,
+            self.code
+        ));
         x.raw(&format!(r#"<e:Message xmlns:e="{NS_E}">"#));
         x.text(&self.message);
         x.raw("</e:Message>");
@@ -316,7 +344,10 @@ mod tests {
         x.open("t:A", &[("N", "a\"b<&")]);
         x.text("x & <y> é \u{1A}z");
         x.close("t:A");
-        assert_eq!(x.finish(), r#"<t:A N="a&quot;b&lt;&amp;">x &amp; &lt;y&gt; é z</t:A>"#);
+        assert_eq!(
+            x.finish(),
+            r#"<t:A N="a&quot;b&lt;&amp;">x &amp; &lt;y&gt; é z</t:A>"#
+        );
         let mut x = Xml::new(true);
         x.text("a\u{1A}b\u{0}");
         assert_eq!(x.finish(), "a&#x1A;b&#x0;");

@@ -1,0 +1,726 @@
+//! The fake server: options, fault injection, statistics, NTLM connection authentication, and
+//! the request pipeline (path → auth → injected faults → SOAP parse → operation → response).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::http::{Counters, Handler, HttpRequest, HttpResponse, HttpServer, Reply};
+use crate::model::{DataSet, Item};
+use crate::ntlm::{self, Challenge};
+use crate::ops::{self, AccessStyle, Caller};
+use crate::request;
+use crate::store::{self, Store, Target};
+use crate::xml::SoapFault;
+
+/// The account NTLM accepts.
+#[derive(Clone, Debug)]
+pub struct NtlmUser {
+    pub domain: String,
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Require NTLM (per TCP connection, like IIS) for this account.
+    pub ntlm: Option<NtlmUser>,
+    /// Added to every response.
+    pub latency: Duration,
+    /// Handler threads.
+    pub threads: usize,
+    /// Server cap on MaxEntriesReturned (EWSFindCountLimit); larger pages come back partial.
+    pub max_find_page: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            ntlm: None,
+            latency: Duration::ZERO,
+            threads: 16,
+            max_find_page: 1000,
+        }
+    }
+}
+
+/// Fault injection. "Every Nth" counts requests that passed authentication, from the last
+/// [`FakeExchange::set_fault`] call; when several hit the same request, drop wins over 503 over
+/// busy.
+#[derive(Clone, Debug, Default)]
+pub struct Fault {
+    /// HTTP 500 + SOAP fault ErrorServerBusy with `BackOffMilliseconds` = `busy_back_off_ms`.
+    pub busy_every_nth: Option<u32>,
+    pub busy_back_off_ms: u64,
+    /// Close the connection without answering.
+    pub drop_every_nth: Option<u32>,
+    /// Write characters that XML 1.0 forbids (U+001A, ...) as `&#x1A;` like real Exchange;
+    /// when off they are left out.
+    pub illegal_char_refs: bool,
+    /// HTTP 503 with `Retry-After: 1` (and `Connection: close`, like HTTP.sys).
+    pub http_503_every_nth: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthEventKind {
+    /// No credentials: 401 with `WWW-Authenticate: Negotiate` and `NTLM`.
+    Challenged,
+    /// NEGOTIATE (Type 1) answered with a CHALLENGE (Type 2).
+    Negotiated,
+    /// AUTHENTICATE (Type 3) accepted.
+    Authenticated,
+    /// AUTHENTICATE refused (wrong password, unknown user, other connection, malformed).
+    Refused,
+    /// Request without credentials served on an already authenticated connection.
+    Reused,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthEvent {
+    pub conn_id: u64,
+    pub peer_port: u16,
+    pub kind: AuthEventKind,
+}
+
+/// One processed EWS request: how it addressed its mailbox.
+#[derive(Clone, Debug)]
+pub struct AccessRecord {
+    pub operation: String,
+    pub style: Option<AccessStyle>,
+    /// The mailbox the request ended up in.
+    pub mailbox: Option<String>,
+    /// The `X-AnchorMailbox` request header.
+    pub anchor_mailbox: Option<String>,
+    /// `t:RequestServerVersion/@Version` of the request.
+    pub server_version: String,
+    pub conn_id: u64,
+    pub peer_port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackOffKind {
+    ServerBusy,
+    Http503,
+}
+
+/// A response that told the client to wait.
+#[derive(Clone, Debug)]
+pub struct BackOff {
+    /// Taken just before the response was written.
+    pub sent_at: Instant,
+    pub wait: Duration,
+    pub kind: BackOffKind,
+    pub conn_id: u64,
+    pub peer_port: u16,
+}
+
+/// When a request (any request, including NTLM legs) arrived.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub at: Instant,
+    pub conn_id: u64,
+    pub peer_port: u16,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Every HTTP request received.
+    pub http_requests: u64,
+    /// EWS requests processed (after authentication and injected faults), by body element
+    /// name (`FindItem`, ...; `(invalid)` when there is none).
+    pub operations: BTreeMap<String, u64>,
+    /// Most requests in flight at once.
+    pub max_concurrent: usize,
+    pub ntlm_handshakes: u64,
+    pub ntlm_failures: u64,
+    /// TCP peer port of every request served as authenticated (the Type 3 leg and later ones).
+    pub authenticated_ports: Vec<u16>,
+    pub auth_events: Vec<AuthEvent>,
+    pub access: Vec<AccessRecord>,
+    pub back_offs: Vec<BackOff>,
+    pub arrivals: Vec<Arrival>,
+    /// `code: reason` of every SOAP fault the server sent.
+    pub faults: Vec<String>,
+    pub dropped_connections: u64,
+}
+
+impl Stats {
+    pub fn operation(&self, name: &str) -> u64 {
+        self.operations.get(name).copied().unwrap_or(0)
+    }
+
+    /// Requests that arrived while a back-off the server had demanded was still running
+    /// (after it was sent, before `sent_at + wait`), on any connection.
+    pub fn back_off_violations(&self) -> Vec<(BackOff, Arrival)> {
+        let mut out = Vec::new();
+        for b in &self.back_offs {
+            for a in &self.arrivals {
+                if a.at > b.sent_at && a.at < b.sent_at + b.wait {
+                    out.push((b.clone(), a.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Per-request records (arrivals, access, auth events) stop growing after this many, so a
+/// long benchmark cannot exhaust memory; counters keep counting.
+pub const MAX_RECORDS: usize = 1_000_000;
+
+fn push_capped<T>(v: &mut Vec<T>, value: T) {
+    if v.len() < MAX_RECORDS {
+        v.push(value);
+    }
+}
+
+#[derive(Default)]
+struct ConnAuth {
+    pending: Option<(Challenge, &'static str)>,
+    user: Option<String>,
+}
+
+struct Inner {
+    store: RwLock<Store>,
+    options: Options,
+    fault: Mutex<(Fault, u64)>,
+    stats: Mutex<Stats>,
+    auth: Mutex<HashMap<u64, ConnAuth>>,
+    counters: Arc<Counters>,
+    request_counter: Mutex<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running fake Exchange server on 127.0.0.1.
+pub struct FakeExchange {
+    inner: Arc<Inner>,
+    http: Option<HttpServer>,
+}
+
+impl FakeExchange {
+    /// Serve `data` on 127.0.0.1 with a free port.
+    pub fn start(data: DataSet, options: Options) -> std::io::Result<FakeExchange> {
+        FakeExchange::start_at(data, options, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serve `data` on `addr`.
+    pub fn start_at(
+        data: DataSet,
+        options: Options,
+        addr: SocketAddr,
+    ) -> std::io::Result<FakeExchange> {
+        let counters = Arc::new(Counters::default());
+        let threads = options.threads;
+        let inner = Arc::new(Inner {
+            store: RwLock::new(Store::new(data)),
+            options,
+            fault: Mutex::new((Fault::default(), 0)),
+            stats: Mutex::new(Stats::default()),
+            auth: Mutex::new(HashMap::new()),
+            counters: Arc::clone(&counters),
+            request_counter: Mutex::new(0),
+        });
+        let http = HttpServer::start(addr, threads, Arc::clone(&inner), counters)?;
+        Ok(FakeExchange {
+            inner,
+            http: Some(http),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.http
+            .as_ref()
+            .map(HttpServer::addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// `http://127.0.0.1:PORT/EWS/Exchange.asmx`
+    pub fn url(&self) -> String {
+        format!("http://{}/EWS/Exchange.asmx", self.addr())
+    }
+
+    /// New mail arrives while running. Keeps `item.id` when it is set and unused, otherwise
+    /// assigns one; returns the id. Panics on an unknown mailbox or folder.
+    pub fn add_item(&self, mailbox: &str, folder_id: &str, item: Item) -> String {
+        self.write_store().add_item(mailbox, folder_id, item)
+    }
+
+    /// Remove an item (subsequent GetItem: ErrorItemNotFound). Returns whether it existed.
+    pub fn delete_item(&self, mailbox: &str, item_id: &str) -> bool {
+        self.write_store().delete_item(mailbox, item_id)
+    }
+
+    /// Snapshot of the current data.
+    pub fn data(&self) -> DataSet {
+        self.read_store().data.clone()
+    }
+
+    /// Id of a mailbox's msgfolderroot ("Top of Information Store"), the parent of top-level
+    /// folders (`Folder::parent_id == None`).
+    pub fn root_folder_id(&self, mailbox: &str) -> Option<String> {
+        let store = self.read_store();
+        store
+            .mailbox_index(mailbox)
+            .map(|mb| store::root_id(mb, Target::MsgRoot))
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = lock(&self.inner.stats).clone();
+        s.max_concurrent = self
+            .inner
+            .counters
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst);
+        s
+    }
+
+    pub fn reset_stats(&self) {
+        *lock(&self.inner.stats) = Stats::default();
+        self.inner
+            .counters
+            .max_in_flight
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Replace the fault injection settings and restart the request count.
+    pub fn set_fault(&self, fault: Fault) {
+        *lock(&self.inner.fault) = (fault, 0);
+    }
+
+    fn read_store(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+        self.inner.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_store(&self) -> std::sync::RwLockWriteGuard<'_, Store> {
+        self.inner.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for FakeExchange {
+    fn drop(&mut self) {
+        // Stops the accept loop, closes connections and joins every thread.
+        drop(self.http.take());
+    }
+}
+
+fn html(status: u16, title: &str, text: &str) -> HttpResponse {
+    let body = format!(
+        "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Strict//EN\" \"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd\">\r\n<html xmlns=\"http://www.w3.org/1999/xhtml\">\r\n<head>\r\n<meta http-equiv=\"Content-Type\" content=\"text/html; charset=iso-8859-1\"/>\r\n<title>{title}</title>\r\n</head>\r\n<body>\r\n<div id=\"header\"><h1>Server Error</h1></div>\r\n<div id=\"content\">\r\n <div class=\"content-container\"><fieldset>\r\n  <h2>{title}</h2>\r\n  <h3>{text}</h3>\r\n </fieldset></div>\r\n</div>\r\n</body>\r\n</html>\r\n"
+    );
+    HttpResponse {
+        status,
+        headers: vec![
+            ("Content-Type".into(), "text/html".into()),
+            ("Server".into(), "Microsoft-IIS/10.0".into()),
+            ("X-Powered-By".into(), "ASP.NET".into()),
+        ],
+        body: body.into_bytes(),
+        chunked: false,
+        close: false,
+    }
+}
+
+fn parse_authorization(value: &str) -> Option<(&'static str, Vec<u8>)> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let scheme = if scheme.eq_ignore_ascii_case("NTLM") {
+        "NTLM"
+    } else if scheme.eq_ignore_ascii_case("Negotiate") {
+        "Negotiate"
+    } else {
+        return None;
+    };
+    Some((scheme, STANDARD.decode(token.trim()).ok()?))
+}
+
+impl Inner {
+    fn stats(&self) -> MutexGuard<'_, Stats> {
+        lock(&self.stats)
+    }
+
+    fn auth_event(&self, req: &HttpRequest, kind: AuthEventKind) {
+        let mut s = self.stats();
+        push_capped(
+            &mut s.auth_events,
+            AuthEvent {
+                conn_id: req.conn_id,
+                peer_port: req.peer.port(),
+                kind,
+            },
+        );
+        match kind {
+            AuthEventKind::Authenticated => {
+                s.ntlm_handshakes += 1;
+                push_capped(&mut s.authenticated_ports, req.peer.port());
+            }
+            AuthEventKind::Reused => push_capped(&mut s.authenticated_ports, req.peer.port()),
+            AuthEventKind::Refused => s.ntlm_failures += 1,
+            _ => {}
+        }
+    }
+
+    fn unauthorized_empty(&self, headers: Vec<(String, String)>) -> Reply {
+        let mut h = vec![
+            ("Server".to_string(), "Microsoft-IIS/10.0".to_string()),
+            ("request-id".to_string(), self.request_id()),
+        ];
+        h.extend(headers);
+        h.push(("X-Powered-By".to_string(), "ASP.NET".to_string()));
+        h.push(("X-FEServer".to_string(), ntlm::NB_COMPUTER.to_string()));
+        Reply::Respond(HttpResponse {
+            status: 401,
+            headers: h,
+            body: Vec::new(),
+            chunked: false,
+            close: false,
+        })
+    }
+
+    fn challenge_headers() -> Vec<(String, String)> {
+        vec![
+            ("WWW-Authenticate".to_string(), "Negotiate".to_string()),
+            ("WWW-Authenticate".to_string(), "NTLM".to_string()),
+        ]
+    }
+
+    fn refused(&self, req: &HttpRequest) -> Reply {
+        self.auth_event(req, AuthEventKind::Refused);
+        let mut r = html(
+            401,
+            "401 - Unauthorized: Access is denied due to invalid credentials.",
+            "You do not have permission to view this directory or page using the credentials that you supplied.",
+        );
+        r.headers.extend(Inner::challenge_headers());
+        Reply::Respond(r)
+    }
+
+    /// NTLM per connection. `Ok(user)` when the request may proceed.
+    fn authenticate(&self, req: &HttpRequest, cfg: &NtlmUser) -> Result<String, Reply> {
+        let parsed = req.header("Authorization").and_then(parse_authorization);
+        let mut conns = lock(&self.auth);
+        let state = conns.entry(req.conn_id).or_default();
+        let Some((scheme, token)) = parsed else {
+            if let Some(user) = state.user.clone() {
+                drop(conns);
+                self.auth_event(req, AuthEventKind::Reused);
+                return Ok(user);
+            }
+            drop(conns);
+            self.auth_event(req, AuthEventKind::Challenged);
+            return Err(self.unauthorized_empty(Inner::challenge_headers()));
+        };
+        match ntlm::message_type(&token) {
+            Some(1) => {
+                let challenge = ntlm::challenge(&cfg.domain, &token);
+                let header = format!("{scheme} {}", STANDARD.encode(&challenge.message));
+                *state = ConnAuth {
+                    pending: Some((challenge, scheme)),
+                    user: None,
+                };
+                drop(conns);
+                self.auth_event(req, AuthEventKind::Negotiated);
+                let mut headers = vec![("WWW-Authenticate".to_string(), header)];
+                if scheme == "NTLM" {
+                    headers.push(("WWW-Authenticate".to_string(), "Negotiate".to_string()));
+                }
+                Err(self.unauthorized_empty(headers))
+            }
+            Some(3) => {
+                let pending = state.pending.take();
+                let verdict = match (&pending, ntlm::parse_authenticate(&token)) {
+                    (Some((challenge, _)), Some(auth)) => {
+                        ntlm::verify(&auth, challenge, &cfg.domain, &cfg.user, &cfg.password)
+                            .map(|()| format!("{}\\{}", auth.domain, auth.user))
+                            .ok()
+                    }
+                    _ => None,
+                };
+                match verdict {
+                    Some(user) => {
+                        state.user = Some(user.clone());
+                        drop(conns);
+                        self.auth_event(req, AuthEventKind::Authenticated);
+                        Ok(user)
+                    }
+                    None => {
+                        state.user = None;
+                        drop(conns);
+                        Err(self.refused(req))
+                    }
+                }
+            }
+            _ => {
+                drop(conns);
+                Err(self.refused(req))
+            }
+        }
+    }
+
+    fn request_id(&self) -> String {
+        let mut b = [0u8; 16];
+        if openssl::rand::rand_bytes(&mut b).is_err() {
+            let mut n = lock(&self.request_counter);
+            *n += 1;
+            b[..8].copy_from_slice(&n.to_le_bytes());
+        }
+        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+
+    fn soap_response(
+        &self,
+        req: &HttpRequest,
+        status: u16,
+        xml: String,
+        authenticated: bool,
+    ) -> Reply {
+        let mut headers = vec![
+            ("Cache-Control".to_string(), "private".to_string()),
+            (
+                "Content-Type".to_string(),
+                "text/xml; charset=utf-8".to_string(),
+            ),
+            ("Server".to_string(), "Microsoft-IIS/10.0".to_string()),
+            ("request-id".to_string(), self.request_id()),
+        ];
+        if req
+            .header("return-client-request-id")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            && let Some(id) = req.header("client-request-id")
+        {
+            headers.push(("client-request-id".to_string(), id.to_string()));
+        }
+        headers.push((
+            "X-CalculatedBETarget".to_string(),
+            format!("{}.{}", ntlm::NB_COMPUTER.to_lowercase(), ntlm::DNS_DOMAIN),
+        ));
+        headers.push(("X-DiagInfo".to_string(), ntlm::NB_COMPUTER.to_string()));
+        headers.push(("X-BEServer".to_string(), ntlm::NB_COMPUTER.to_string()));
+        headers.push(("X-AspNet-Version".to_string(), "4.0.30319".to_string()));
+        if req.header("Cookie").is_none() {
+            let id = self.request_id().replace('-', "");
+            headers.push((
+                "Set-Cookie".to_string(),
+                format!("exchangecookie={id}; path=/"),
+            ));
+        }
+        if authenticated {
+            headers.push(("Persistent-Auth".to_string(), "true".to_string()));
+        }
+        headers.push(("X-Powered-By".to_string(), "ASP.NET".to_string()));
+        headers.push(("X-FEServer".to_string(), ntlm::NB_COMPUTER.to_string()));
+        Reply::Respond(HttpResponse {
+            status,
+            headers,
+            body: xml.into_bytes(),
+            chunked: true,
+            close: false,
+        })
+    }
+
+    fn fault_reply(&self, req: &HttpRequest, fault: &SoapFault, authenticated: bool) -> Reply {
+        let line = match &fault.note {
+            Some(note) => format!("{}: {note}", fault.code),
+            None => format!("{}: {}", fault.code, fault.faultstring),
+        };
+        push_capped(&mut self.stats().faults, line);
+        self.soap_response(req, 500, fault.render(), authenticated)
+    }
+
+    fn record_back_off(&self, req: &HttpRequest, kind: BackOffKind, wait: Duration) {
+        push_capped(
+            &mut self.stats().back_offs,
+            BackOff {
+                sent_at: Instant::now(),
+                wait,
+                kind,
+                conn_id: req.conn_id,
+                peer_port: req.peer.port(),
+            },
+        );
+    }
+
+    /// The injected fault for this request, if any; also returns the illegal-refs flag.
+    fn injected(&self, req: &HttpRequest, authenticated: bool) -> (Option<Reply>, bool) {
+        let (fault, n) = {
+            let mut f = lock(&self.fault);
+            f.1 += 1;
+            (f.0.clone(), f.1)
+        };
+        let hit = |nth: Option<u32>| nth.is_some_and(|k| k > 0 && n % u64::from(k) == 0);
+        if hit(fault.drop_every_nth) {
+            self.stats().dropped_connections += 1;
+            return (Some(Reply::Drop), fault.illegal_char_refs);
+        }
+        if hit(fault.http_503_every_nth) {
+            let mut r = HttpResponse {
+                status: 503,
+                headers: vec![
+                    ("Content-Type".to_string(), "text/html; charset=us-ascii".to_string()),
+                    ("Server".to_string(), "Microsoft-HTTPAPI/2.0".to_string()),
+                    ("Retry-After".to_string(), "1".to_string()),
+                ],
+                body: b"<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n<HTML><HEAD><TITLE>Service Unavailable</TITLE>\r\n<META HTTP-EQUIV=\"Content-Type\" Content=\"text/html; charset=us-ascii\"></HEAD>\r\n<BODY><h2>Service Unavailable</h2>\r\n<hr><p>HTTP Error 503. The service is unavailable.</p>\r\n</BODY></HTML>\r\n".to_vec(),
+                chunked: false,
+                close: true,
+            };
+            r.close = true;
+            self.record_back_off(req, BackOffKind::Http503, Duration::from_secs(1));
+            return (Some(Reply::Respond(r)), fault.illegal_char_refs);
+        }
+        if hit(fault.busy_every_nth) {
+            let f = SoapFault::server_busy(fault.busy_back_off_ms)
+                .with_note("injected ErrorServerBusy");
+            self.record_back_off(
+                req,
+                BackOffKind::ServerBusy,
+                Duration::from_millis(fault.busy_back_off_ms),
+            );
+            return (
+                Some(self.fault_reply(req, &f, authenticated)),
+                fault.illegal_char_refs,
+            );
+        }
+        (None, fault.illegal_char_refs)
+    }
+
+    fn own_mailbox(&self, store: &Store, user: Option<&str>) -> Option<usize> {
+        let user = user?;
+        let name = user.rsplit('\\').next().unwrap_or(user);
+        store.data.mailboxes.iter().position(|m| {
+            m.address
+                .split('@')
+                .next()
+                .is_some_and(|local| local.eq_ignore_ascii_case(name))
+        })
+    }
+}
+
+impl Handler for Inner {
+    fn latency(&self) -> Duration {
+        self.options.latency
+    }
+
+    fn connection_closed(&self, conn_id: u64) {
+        lock(&self.auth).remove(&conn_id);
+    }
+
+    fn handle(&self, req: &HttpRequest) -> Reply {
+        {
+            let mut s = self.stats();
+            s.http_requests += 1;
+            push_capped(
+                &mut s.arrivals,
+                Arrival {
+                    at: req.arrived,
+                    conn_id: req.conn_id,
+                    peer_port: req.peer.port(),
+                },
+            );
+        }
+        let path = req.path.split('?').next().unwrap_or("");
+        if !path.eq_ignore_ascii_case("/EWS/Exchange.asmx") {
+            return Reply::Respond(html(
+                404,
+                "404 - File or directory not found.",
+                "The resource you are looking for might have been removed, had its name changed, or is temporarily unavailable.",
+            ));
+        }
+        let user = match &self.options.ntlm {
+            Some(cfg) => match self.authenticate(req, cfg) {
+                Ok(user) => Some(user),
+                Err(reply) => return reply,
+            },
+            None => None,
+        };
+        let authenticated = user.is_some();
+        let (injected, illegal_char_refs) = self.injected(req, authenticated);
+        if let Some(reply) = injected {
+            return reply;
+        }
+        if req.method != "POST" {
+            let mut r = html(
+                405,
+                "405 - HTTP verb used to access this page is not allowed.",
+                "The page you are looking for cannot be displayed because an invalid method (HTTP verb) was used to attempt access.",
+            );
+            r.headers.push(("Allow".to_string(), "POST".to_string()));
+            return Reply::Respond(r);
+        }
+        let content_type = req.header("Content-Type").unwrap_or("");
+        if !content_type
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with("text/xml")
+        {
+            let mut r = html(
+                415,
+                "415 - Unsupported Media Type",
+                &format!(
+                    "Cannot process the message because the content type '{}' was not the expected type 'text/xml; charset=utf-8'.",
+                    content_type.replace(['<', '>', '&'], "")
+                ),
+            );
+            r.close = false;
+            return Reply::Respond(r);
+        }
+        let operation =
+            request::operation_name(&req.body).unwrap_or_else(|| "(invalid)".to_string());
+        *self
+            .stats()
+            .operations
+            .entry(operation.clone())
+            .or_insert(0) += 1;
+        let parsed = match request::parse(&req.body) {
+            Ok(r) => r,
+            Err(fault) => return self.fault_reply(req, &fault, authenticated),
+        };
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let caller = Caller {
+            own_mailbox: self.own_mailbox(&store, user.as_deref()),
+            illegal_char_refs,
+            max_find_page: self.options.max_find_page.max(1),
+        };
+        let outcome = ops::execute(&store, &parsed, &caller);
+        drop(store);
+        let (style, mailbox) = match &outcome {
+            Ok(o) => (o.style, o.mailbox.clone()),
+            Err(_) => (
+                parsed
+                    .impersonation
+                    .as_ref()
+                    .map(|_| AccessStyle::Impersonation),
+                None,
+            ),
+        };
+        push_capped(
+            &mut self.stats().access,
+            AccessRecord {
+                operation,
+                style,
+                mailbox,
+                anchor_mailbox: req.header("X-AnchorMailbox").map(str::to_string),
+                server_version: parsed.version.clone(),
+                conn_id: req.conn_id,
+                peer_port: req.peer.port(),
+            },
+        );
+        match outcome {
+            Ok(outcome) => self.soap_response(req, 200, outcome.xml, authenticated),
+            Err(fault) => self.fault_reply(req, &fault, authenticated),
+        }
+    }
+}
