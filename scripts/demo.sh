@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
 done
 
 echo "== building (release)"
-cargo build --release --quiet --bin exchange-sync --bin fake-exchange
+cargo build --release --quiet -p exchange-sync -p fake-exchange
 
 work=$(mktemp -d)
 fake_pid=

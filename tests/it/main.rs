@@ -29,7 +29,11 @@ fn ntlm_user() -> NtlmUser {
 }
 
 fn addresses(fake: &FakeExchange) -> Vec<String> {
-    fake.data().mailboxes.iter().map(|m| m.address.clone()).collect()
+    fake.data()
+        .mailboxes
+        .iter()
+        .map(|m| m.address.clone())
+        .collect()
 }
 
 #[test]
@@ -48,14 +52,24 @@ fn once_copies_5000_emails_in_nested_folders_exactly() {
     // A small per-folder cap makes big folders take several turns.
     let config = write_config(
         dir.path(),
-        &config(&fake.url(), &addresses(&fake), json!({"emails_per_folder": 300, "reinfer_batch_size": 50})),
+        &config(
+            &fake.url(),
+            &addresses(&fake),
+            json!({"emails_per_folder": 300, "reinfer_batch_size": 50}),
+        ),
     );
     let prefix = dir.path().join("sink");
     run_once(&config, &prefix);
     let copied = assert_exact_copy(&fake.data(), &prefix);
-    assert!(copied >= 4500, "the data set should hold about 5000 syncable emails, got {copied}");
+    assert!(
+        copied >= 4500,
+        "the data set should hold about 5000 syncable emails, got {copied}"
+    );
     let stats = fake.stats();
-    assert!(stats.operation("FindFolder") >= 4, "FindFolder was not paged: {stats:?}");
+    assert!(
+        stats.operation("FindFolder") >= 4,
+        "FindFolder was not paged: {stats:?}"
+    );
 
     // A second run finds nothing new and copies nothing again.
     run_once(&config, &prefix);
@@ -64,9 +78,13 @@ fn once_copies_5000_emails_in_nested_folders_exactly() {
 
 #[test]
 fn emails_sharing_the_watermark_second_are_neither_lost_nor_repeated() {
-    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 60)), Options::default()).unwrap();
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(1, 60)), Options::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config(&fake.url(), &addresses(&fake), json!({})));
+    let config = write_config(
+        dir.path(),
+        &config(&fake.url(), &addresses(&fake), json!({})),
+    );
     let prefix = dir.path().join("sink");
     run_once(&config, &prefix);
     assert_exact_copy(&fake.data(), &prefix);
@@ -79,14 +97,24 @@ fn emails_sharing_the_watermark_second_are_neither_lost_nor_repeated() {
         .max_by_key(|(_, item)| item.received)
         .unwrap();
     for n in 0..3u64 {
-        let mime = format!("Message-ID: <same-second-{n}@test>\r\nSubject: same second {n}\r\n\r\nbody {n}\r\n");
-        fake.add_item(&mailbox.address, &folder.id, fake_exchange::make_item(1000 + n, newest.received, mime.into_bytes()));
+        let mime = format!(
+            "Message-ID: <same-second-{n}@test>\r\nSubject: same second {n}\r\n\r\nbody {n}\r\n"
+        );
+        fake.add_item(
+            &mailbox.address,
+            &folder.id,
+            fake_exchange::make_item(1000 + n, newest.received, mime.into_bytes()),
+        );
     }
     let later = newest.received + time::Duration::seconds(1);
     fake.add_item(
         &mailbox.address,
         &folder.id,
-        fake_exchange::make_item(2000, later, b"Message-ID: <later@test>\r\nSubject: later\r\n\r\nx\r\n".to_vec()),
+        fake_exchange::make_item(
+            2000,
+            later,
+            b"Message-ID: <later@test>\r\nSubject: later\r\n\r\nx\r\n".to_vec(),
+        ),
     );
     run_once(&config, &prefix);
     assert_exact_copy(&fake.data(), &prefix);
@@ -105,7 +133,11 @@ fn restart_after_kill_9_resumes_with_nothing_missing() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        &config(&fake.url(), &addresses(&fake), json!({"reinfer_batch_size": 20, "max_concurrent_fetches": 2})),
+        &config(
+            &fake.url(),
+            &addresses(&fake),
+            json!({"reinfer_batch_size": 20, "max_concurrent_fetches": 2}),
+        ),
     );
     let prefix = dir.path().join("sink");
     let mut child = command(&config, &prefix, &["--once", "--debug-level", "0"])
@@ -119,14 +151,27 @@ fn restart_after_kill_9_resumes_with_nothing_missing() {
     child.kill().unwrap();
     child.wait().unwrap();
     let before = read_docs(&prefix).len();
-    let total: usize = fake.data().mailboxes.iter().map(|m| m.synced_items().count()).sum();
-    assert!(before < total, "the first run finished before it was killed ({before} of {total})");
+    let total: usize = fake
+        .data()
+        .mailboxes
+        .iter()
+        .map(|m| m.synced_items().count())
+        .sum();
+    assert!(
+        before < total,
+        "the first run finished before it was killed ({before} of {total})"
+    );
 
     run_once(&config, &prefix);
     let docs = read_docs(&prefix);
     let ids: std::collections::HashSet<(String, String)> = docs
         .iter()
-        .map(|(_, d)| (d["mailbox"].as_str().unwrap().to_owned(), d["id"].as_str().unwrap().to_owned()))
+        .map(|(_, d)| {
+            (
+                d["mailbox"].as_str().unwrap().to_owned(),
+                d["id"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     for mailbox in &fake.data().mailboxes {
         for (_, item) in mailbox.synced_items() {
@@ -138,15 +183,22 @@ fn restart_after_kill_9_resumes_with_nothing_missing() {
     // No partial file ever sits under a final name.
     for path in files_under(&prefix.join("data")) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.ends_with(".jsonl") || name.starts_with(".tmp-"), "{name}");
+        assert!(
+            name.ends_with(".jsonl") || name.starts_with(".tmp-"),
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn sigterm_stops_cleanly_and_saves_state() {
-    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 50)), Options::default()).unwrap();
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(1, 50)), Options::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config(&fake.url(), &addresses(&fake), json!({})));
+    let config = write_config(
+        dir.path(),
+        &config(&fake.url(), &addresses(&fake), json!({})),
+    );
     let prefix = dir.path().join("sink");
     let child = command(&config, &prefix, &["--debug-level", "0"])
         .stderr(std::process::Stdio::piped())
@@ -156,7 +208,13 @@ fn sigterm_stops_cleanly_and_saves_state() {
         read_docs(&prefix).len() == fake.data().mailboxes[0].synced_items().count()
     });
     let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
@@ -167,10 +225,18 @@ fn sigterm_stops_cleanly_and_saves_state() {
 
 #[test]
 fn ntlm_against_a_real_acceptor_uses_one_connection_per_handshake() {
-    let fake = FakeExchange::start(fake_exchange::generate(&spec(2, 150)), Options::default()).unwrap();
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(2, 150)), Options::default()).unwrap();
     let proxy = NtlmProxy::start(&fake.url());
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config(&proxy.url, &addresses(&fake), json!({"max_concurrent_fetches": 4})));
+    let config = write_config(
+        dir.path(),
+        &config(
+            &proxy.url,
+            &addresses(&fake),
+            json!({"max_concurrent_fetches": 4}),
+        ),
+    );
     let prefix = dir.path().join("sink");
     run_once(&config, &prefix);
     assert_exact_copy(&fake.data(), &prefix);
@@ -178,37 +244,66 @@ fn ntlm_against_a_real_acceptor_uses_one_connection_per_handshake() {
     let ok = stats["handshakes_ok"].as_u64().unwrap();
     assert!(ok >= 1, "{stats}");
     // Kept-alive connections: about one handshake per fetcher thread, not one per request.
-    assert!(ok <= 8, "too many NTLM handshakes ({ok}): connections are not reused: {stats}");
+    assert!(
+        ok <= 8,
+        "too many NTLM handshakes ({ok}): connections are not reused: {stats}"
+    );
     assert_eq!(stats["handshakes_failed"], 0, "{stats}");
     for legs in stats["ports_per_handshake"].as_array().unwrap() {
         let ports = legs.as_array().unwrap();
-        assert_eq!(ports[1], ports[2], "Type1 and Type3 on different connections: {stats}");
+        assert_eq!(
+            ports[1], ports[2],
+            "Type1 and Type3 on different connections: {stats}"
+        );
     }
 }
 
 #[test]
 fn wrong_ntlm_password_is_a_clear_fatal_error() {
-    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 5)), Options::default()).unwrap();
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(1, 5)), Options::default()).unwrap();
     let proxy = NtlmProxy::start(&fake.url());
     let dir = tempfile::tempdir().unwrap();
     let wrong = "Wrong-Passw0rd-42";
     let config = write_config(
         dir.path(),
-        &config(&proxy.url, &addresses(&fake), json!({"auth_password": wrong})),
+        &config(
+            &proxy.url,
+            &addresses(&fake),
+            json!({"auth_password": wrong}),
+        ),
     );
-    let result = run(command(&config, &dir.path().join("sink"), &["--once", "--debug-level", "2"]));
+    let result = run(command(
+        &config,
+        &dir.path().join("sink"),
+        &["--once", "--debug-level", "2"],
+    ));
     assert_eq!(result.code(), Some(1), "{}", result.stderr);
-    assert!(result.stderr.contains("rejected the credentials of TESTDOM\\svc-sync"), "{}", result.stderr);
-    assert!(!result.stderr.contains(wrong) && !result.stdout.contains(wrong), "the password leaked");
+    assert!(
+        result
+            .stderr
+            .contains("rejected the credentials of TESTDOM\\svc-sync"),
+        "{}",
+        result.stderr
+    );
+    assert!(
+        !result.stderr.contains(wrong) && !result.stdout.contains(wrong),
+        "the password leaked"
+    );
 }
 
 #[test]
 fn impersonation_names_the_mailbox_in_the_header() {
-    let fake = FakeExchange::start(fake_exchange::generate(&spec(2, 20)), Options::default()).unwrap();
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(2, 20)), Options::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        &config(&fake.url(), &addresses(&fake), json!({"access_type": "impersonation"})),
+        &config(
+            &fake.url(),
+            &addresses(&fake),
+            json!({"access_type": "impersonation"}),
+        ),
     );
     let prefix = dir.path().join("sink");
     run_once(&config, &prefix);
@@ -228,21 +323,45 @@ fn config_errors_are_all_reported_with_exit_2() {
     let path = write_config(dir.path(), &config);
     let result = run(command(&path, &dir.path().join("sink"), &["--once"]));
     assert_eq!(result.code(), Some(2), "{}", result.stderr);
-    for key in ["ews_endpoint", "max_concurrent_uploads", "auth_password", "bucket.name"] {
-        assert!(result.stderr.contains(key), "error for {key} missing:\n{}", result.stderr);
+    for key in [
+        "ews_endpoint",
+        "max_concurrent_uploads",
+        "auth_password",
+        "bucket.name",
+    ] {
+        assert!(
+            result.stderr.contains(key),
+            "error for {key} missing:\n{}",
+            result.stderr
+        );
     }
 
     std::fs::write(&path, b"{\n  \"mailboxes\": {,\n}").unwrap();
     let result = run(command(&path, &dir.path().join("sink"), &["--once"]));
     assert_eq!(result.code(), Some(2));
-    assert!(result.stderr.contains(":2:"), "syntax error without line: {}", result.stderr);
+    assert!(
+        result.stderr.contains(":2:"),
+        "syntax error without line: {}",
+        result.stderr
+    );
 }
 
 #[test]
 fn print_config_redacts_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &config("http://127.0.0.1:9/EWS/Exchange.asmx", &["a@example.com".into()], json!({})));
-    let result = run(command(&path, &dir.path().join("sink"), &["--print-config"]));
+    let path = write_config(
+        dir.path(),
+        &config(
+            "http://127.0.0.1:9/EWS/Exchange.asmx",
+            &["a@example.com".into()],
+            json!({}),
+        ),
+    );
+    let result = run(command(
+        &path,
+        &dir.path().join("sink"),
+        &["--print-config"],
+    ));
     assert_eq!(result.code(), Some(0), "{}", result.stderr);
     let printed: serde_json::Value = serde_json::from_str(&result.stdout).unwrap();
     assert_eq!(printed["auth_password"], "**REDACTED**");
@@ -251,18 +370,31 @@ fn print_config_redacts_secrets() {
 
 #[test]
 fn remote_config_is_read_from_the_sink_and_a_local_file_wins() {
-    let fake = FakeExchange::start(fake_exchange::generate(&spec(1, 10)), Options::default()).unwrap();
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(1, 10)), Options::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("sink");
     let stored = config(&fake.url(), &addresses(&fake), json!({}));
     std::fs::create_dir_all(prefix.join("config/demo")).unwrap();
-    std::fs::write(prefix.join("config/demo/prod.json"), serde_json::to_vec(&stored).unwrap()).unwrap();
+    std::fs::write(
+        prefix.join("config/demo/prod.json"),
+        serde_json::to_vec(&stored).unwrap(),
+    )
+    .unwrap();
     let mut command = std::process::Command::new(BIN);
     command
         .env_remove("REINFER_EWS_CONFIG")
         .args(["--local-files-prefix"])
         .arg(&prefix)
-        .args(["--remote-config-owner", "demo", "--remote-config-key", "prod", "--once", "--debug-level", "0"]);
+        .args([
+            "--remote-config-owner",
+            "demo",
+            "--remote-config-key",
+            "prod",
+            "--once",
+            "--debug-level",
+            "0",
+        ]);
     let result = run(command);
     assert_eq!(result.code(), Some(0), "{}", result.stderr);
     assert_exact_copy(&fake.data(), &prefix);
@@ -272,7 +404,13 @@ fn remote_config_is_read_from_the_sink_and_a_local_file_wins() {
         c.env_remove("REINFER_EWS_CONFIG")
             .arg("--local-files-prefix")
             .arg(&prefix)
-            .args(["--remote-config-owner", "demo", "--remote-config-key", "nope", "--once"]);
+            .args([
+                "--remote-config-owner",
+                "demo",
+                "--remote-config-key",
+                "nope",
+                "--once",
+            ]);
         c
     });
     assert_eq!(missing.code(), Some(2));
@@ -284,13 +422,72 @@ fn unsupported_sinks_and_flag_mistakes_exit_2() {
     for args in [
         vec!["--reinfer-api-endpoint", "https://x/api/"],
         vec!["--private-file-prefix", "az://acct/container"],
-        vec!["--local-files-prefix", "/tmp/x", "--reinfer-api-endpoint", "https://x/"],
+        vec![
+            "--local-files-prefix",
+            "/tmp/x",
+            "--reinfer-api-endpoint",
+            "https://x/",
+        ],
         vec!["--local-files-prefix", "/tmp/x", "--shard-name", "s-1"],
         vec!["--local-files-prefix", "/tmp/x", "--bogus"],
     ] {
         let mut command = std::process::Command::new(BIN);
         command.env_remove("REINFER_EWS_CONFIG").args(&args);
         let result = run(command);
-        assert_eq!(result.code(), Some(2), "{args:?}: {}{}", result.stdout, result.stderr);
+        assert_eq!(
+            result.code(),
+            Some(2),
+            "{args:?}: {}{}",
+            result.stdout,
+            result.stderr
+        );
     }
+}
+
+#[test]
+fn shards_split_mailboxes_without_overlap() {
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(6, 4)), Options::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &config(&fake.url(), &addresses(&fake), json!({})),
+    );
+    let prefix = dir.path().join("sink");
+    let mut seen: Vec<String> = Vec::new();
+    for shard in ["exchange-sync-0", "exchange-sync-1", "exchange-sync-2"] {
+        let before: std::collections::HashSet<String> = read_docs(&prefix)
+            .iter()
+            .map(|(_, d)| d["mailbox"].as_str().unwrap().to_owned())
+            .collect();
+        let args = [
+            "--once",
+            "--debug-level",
+            "0",
+            "--shard-name",
+            shard,
+            "--total-shards",
+            "3",
+        ];
+        let result = run(command(&config, &prefix, &args));
+        assert_eq!(result.code(), Some(0), "{}", result.stderr);
+        let after: std::collections::HashSet<String> = read_docs(&prefix)
+            .iter()
+            .map(|(_, d)| d["mailbox"].as_str().unwrap().to_owned())
+            .collect();
+        for mailbox in after.difference(&before) {
+            let index = shard.rsplit('-').next().unwrap().parse::<u32>().unwrap();
+            assert_eq!(
+                exchange_sync::shard::shard_of(mailbox, 3),
+                index,
+                "{mailbox}"
+            );
+            seen.push(mailbox.clone());
+        }
+    }
+    seen.sort();
+    let mut all = addresses(&fake);
+    all.sort();
+    assert_eq!(seen, all, "every mailbox synced by exactly one shard");
+    assert_exact_copy(&fake.data(), &prefix);
 }

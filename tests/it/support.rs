@@ -85,7 +85,12 @@ pub fn run(mut command: Command) -> Run {
 
 pub fn run_once(config: &Path, prefix: &Path) -> Run {
     let run = run(command(config, prefix, &["--once", "--debug-level", "0"]));
-    assert_eq!(run.code(), Some(0), "exchange-sync --once failed:\n{}", run.stderr);
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "exchange-sync --once failed:\n{}",
+        run.stderr
+    );
     run
 }
 
@@ -98,7 +103,11 @@ pub fn read_docs(prefix: &Path) -> Vec<(PathBuf, Value)> {
     }
     for path in files_under(&data) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.ends_with(".jsonl"), "unexpected file in the data tree: {}", path.display());
+        assert!(
+            name.ends_with(".jsonl"),
+            "unexpected file in the data tree: {}",
+            path.display()
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         for line in text.lines() {
             let doc: Value = serde_json::from_str(line)
@@ -113,7 +122,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries {
             let path = entry.unwrap().path();
             if path.is_dir() {
@@ -133,9 +144,18 @@ pub fn docs_by_unique_id(docs: &[(PathBuf, Value)]) -> HashMap<(String, String),
     let mut by_id = HashMap::new();
     for (path, doc) in docs {
         let id = doc["id"].as_str().expect("id is a string").to_owned();
-        let mailbox = doc["mailbox"].as_str().expect("mailbox is a string").to_owned();
-        if by_id.insert((mailbox.clone(), id.clone()), doc.clone()).is_some() {
-            panic!("mailbox {mailbox} id {id} stored twice (second copy in {})", path.display());
+        let mailbox = doc["mailbox"]
+            .as_str()
+            .expect("mailbox is a string")
+            .to_owned();
+        if by_id
+            .insert((mailbox.clone(), id.clone()), doc.clone())
+            .is_some()
+        {
+            panic!(
+                "mailbox {mailbox} id {id} stored twice (second copy in {})",
+                path.display()
+            );
         }
     }
     by_id
@@ -164,25 +184,48 @@ pub fn assert_exact_copy(data: &fake_exchange::DataSet, prefix: &Path) -> usize 
             let id = expected_id(&mailbox.address, item);
             let doc = by_id
                 .get(&(mailbox.address.clone(), id.clone()))
-                .unwrap_or_else(|| panic!("mailbox {} item {} ({id}) was not copied", mailbox.address, item.id));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "mailbox {} item {} ({id}) was not copied",
+                        mailbox.address, item.id
+                    )
+                });
             assert_eq!(doc["mailbox"], mailbox.address.as_str());
             let mime = doc["mime_content"].as_str().unwrap();
             let served = exchange_sync::document::mime_to_text(item.mime.clone());
-            assert!(mime == served, "id {id}: mime_content differs from what was served");
+            assert!(
+                mime == served,
+                "id {id}: mime_content differs from what was served"
+            );
             if let Ok(utf8) = std::str::from_utf8(&item.mime) {
-                assert_eq!(mime.as_bytes(), utf8.as_bytes(), "id {id}: UTF-8 MIME not byte-identical");
+                assert_eq!(
+                    mime.as_bytes(),
+                    utf8.as_bytes(),
+                    "id {id}: UTF-8 MIME not byte-identical"
+                );
             }
-            assert!(!mime.contains('\u{FFFD}') || item.mime.windows(3).any(|w| w == "\u{FFFD}".as_bytes()));
+            assert!(
+                !mime.contains('\u{FFFD}')
+                    || item.mime.windows(3).any(|w| w == "\u{FFFD}".as_bytes())
+            );
             let path: Vec<String> = doc["metadata"]["folder"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|v| v.as_str().unwrap().to_owned())
                 .collect();
-            assert_eq!(path, mailbox.mail_folder_path(&folder.id), "id {id}: folder path");
+            assert_eq!(
+                path,
+                mailbox.mail_folder_path(&folder.id),
+                "id {id}: folder path"
+            );
         }
     }
-    assert_eq!(by_id.len(), expected, "the sink holds emails that must not be copied");
+    assert_eq!(
+        by_id.len(),
+        expected,
+        "the sink holds emails that must not be copied"
+    );
     expected
 }
 
@@ -221,7 +264,11 @@ impl NtlmProxy {
     pub fn start(upstream: &str) -> NtlmProxy {
         let dir = tempfile::tempdir().unwrap();
         let users = dir.path().join("ntlm.users");
-        std::fs::write(&users, format!("{NTLM_DOMAIN}:{NTLM_USER}:{NTLM_PASSWORD}\n")).unwrap();
+        std::fs::write(
+            &users,
+            format!("{NTLM_DOMAIN}:{NTLM_USER}:{NTLM_PASSWORD}\n"),
+        )
+        .unwrap();
         let base = upstream.trim_end_matches("/EWS/Exchange.asmx");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/ntlm_proxy.py");
         let mut child = Command::new(test_python())
@@ -235,7 +282,9 @@ impl NtlmProxy {
             .spawn()
             .expect("cannot start the NTLM proxy");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let base_url = line
             .trim()
             .strip_prefix("listening on ")

@@ -244,7 +244,8 @@ fn accept_loop<H: Handler>(
 }
 
 enum ReadOutcome {
-    Request(Box<HttpRequest>, bool),
+    /// The request, whether to keep the connection, whether the client speaks HTTP/1.1.
+    Request(Box<HttpRequest>, bool, bool),
     Closed,
     Bad(u16),
 }
@@ -354,6 +355,7 @@ fn read_request(
             arrived,
         }),
         keep_alive,
+        version == "HTTP/1.1",
     )
 }
 
@@ -391,7 +393,12 @@ fn http_date() -> String {
     .unwrap_or_default()
 }
 
-fn write_response(stream: &mut TcpStream, r: &HttpResponse, keep_alive: bool) -> io::Result<()> {
+fn write_response(
+    stream: &mut TcpStream,
+    r: &HttpResponse,
+    keep_alive: bool,
+    http11: bool,
+) -> io::Result<()> {
     let mut out = Vec::with_capacity(r.body.len() + 512);
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status)).as_bytes());
     for (k, v) in &r.headers {
@@ -401,7 +408,7 @@ fn write_response(stream: &mut TcpStream, r: &HttpResponse, keep_alive: bool) ->
     if r.close || !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
     }
-    if r.chunked {
+    if r.chunked && http11 {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
         for chunk in r.body.chunks(16 * 1024) {
             out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
@@ -433,7 +440,8 @@ fn connection<H: Handler>(
     let mut reader = BufReader::new(read_half);
     let mut writer = stream;
     while !shared.shutdown.load(Ordering::SeqCst) {
-        let (req, keep_alive) = match read_request(&mut reader, &mut writer, conn_id, peer) {
+        let (req, keep_alive, http11) = match read_request(&mut reader, &mut writer, conn_id, peer)
+        {
             ReadOutcome::Closed => break,
             ReadOutcome::Bad(status) => {
                 let body = format!(
@@ -449,10 +457,10 @@ fn connection<H: Handler>(
                     chunked: false,
                     close: true,
                 };
-                let _ = write_response(&mut writer, &r, false);
+                let _ = write_response(&mut writer, &r, false, true);
                 break;
             }
-            ReadOutcome::Request(req, keep_alive) => (req, keep_alive),
+            ReadOutcome::Request(req, keep_alive, http11) => (req, keep_alive, http11),
         };
         let counters = &shared.counters;
         let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -475,7 +483,7 @@ fn connection<H: Handler>(
         };
         let keep = match reply {
             Some(Reply::Respond(r)) => {
-                let ok = write_response(&mut writer, &r, keep_alive).is_ok();
+                let ok = write_response(&mut writer, &r, keep_alive, http11).is_ok();
                 ok && keep_alive && !r.close
             }
             Some(Reply::Drop) | None => false,

@@ -566,7 +566,7 @@ impl Inner {
             return (Some(Reply::Drop), fault.illegal_char_refs);
         }
         if hit(fault.http_503_every_nth) {
-            let mut r = HttpResponse {
+            let r = HttpResponse {
                 status: 503,
                 headers: vec![
                     ("Content-Type".to_string(), "text/html; charset=us-ascii".to_string()),
@@ -577,7 +577,6 @@ impl Inner {
                 chunked: false,
                 close: true,
             };
-            r.close = true;
             self.record_back_off(req, BackOffKind::Http503, Duration::from_secs(1));
             return (Some(Reply::Respond(r)), fault.illegal_char_refs);
         }
@@ -666,7 +665,7 @@ impl Handler for Inner {
             .to_ascii_lowercase()
             .starts_with("text/xml")
         {
-            let mut r = html(
+            let r = html(
                 415,
                 "415 - Unsupported Media Type",
                 &format!(
@@ -674,7 +673,6 @@ impl Handler for Inner {
                     content_type.replace(['<', '>', '&'], "")
                 ),
             );
-            r.close = false;
             return Reply::Respond(r);
         }
         let operation =

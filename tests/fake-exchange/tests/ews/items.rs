@@ -355,4 +355,15 @@ fn new_items_show_up() {
             .unwrap(),
         mime
     );
+    // MIME asked for as a property (exchangelib style) instead of IncludeMimeContent
+    let body = envelope(
+        "",
+        &format!(
+            r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="item:MimeContent"/></t:AdditionalProperties></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#
+        ),
+    );
+    let text = post(&server, &body).text();
+    let doc = Document::parse(&text).unwrap();
+    let mime_element = elements(&doc, NS_T, "MimeContent")[0];
+    assert_eq!(STANDARD.decode(mime_element.text().unwrap()).unwrap(), mime);
 }
