@@ -6,6 +6,7 @@
 //! prefix of acknowledged batches and persists them through the sink). See ARCHITECTURE.md.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod document;

@@ -5,6 +5,7 @@ pub mod ews;
 pub mod ntlm;
 pub mod soap;
 pub mod throttle;
+pub mod tls;
 pub mod transport;
 
 use std::collections::HashSet;

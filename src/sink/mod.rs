@@ -1,6 +1,8 @@
 //! Sinks: where email documents and sync state are stored.
 
+pub mod azure;
 pub mod local;
+pub mod reinfer;
 
 use std::fmt;
 
