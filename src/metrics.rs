@@ -12,6 +12,8 @@ pub struct Metrics {
     pub batches_uploaded: AtomicU64,
     /// Emails the server could not serve (deleted meanwhile, corrupt): logged and skipped.
     pub emails_skipped: AtomicU64,
+    /// Emails the sink refused for good (isolated by splitting the batch): logged.
+    pub emails_rejected: AtomicU64,
     /// Folder or mailbox jobs that failed after their retries.
     pub job_failures: AtomicU64,
     /// Upload attempts that failed and were retried or given up.

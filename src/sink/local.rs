@@ -4,7 +4,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{EncodedBatch, Error, Sink, check_config_segment, mailbox_segment};
+use super::{EncodedBatch, Error, PutReport, Sink, check_config_segment, mailbox_segment};
 use crate::config::Bucket;
 use crate::durable::write_atomically;
 use crate::sync::state::MailboxState;
@@ -89,9 +89,9 @@ impl Sink for LocalSink {
         bucket: &Bucket,
         mailbox: &str,
         batch: &EncodedBatch,
-    ) -> Result<(), Error> {
+    ) -> Result<PutReport, Error> {
         if batch.docs.is_empty() {
-            return Ok(());
+            return Ok(PutReport::default());
         }
         let mut contents = Vec::with_capacity(batch.bytes() + batch.docs.len());
         for doc in &batch.docs {
@@ -99,7 +99,7 @@ impl Sink for LocalSink {
             contents.push(b'\n');
         }
         write_atomically(&self.data_path(bucket, mailbox, batch), &contents)?;
-        Ok(())
+        Ok(PutReport::default())
     }
 
     fn load_state(&self, bucket: &Bucket, mailbox: &str) -> Result<Option<MailboxState>, Error> {

@@ -29,13 +29,24 @@ impl EncodedBatch {
     }
 }
 
-/// A sink operation that failed. Context (path, bucket) travels as data.
+/// A sink operation that failed. Context (path, URL, bucket) travels as data; never a secret.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing local storage failed (disk full, permissions). A retry may help
     /// once the operator frees space or fixes permissions.
     Io { path: String, detail: String },
+    /// A remote store answered with an error status or could not be reached (5xx, 429,
+    /// timeouts, resets: retryable; `retry_after` is the server's demanded wait).
+    Http {
+        url: String,
+        status: Option<u16>,
+        detail: String,
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The remote store refused our credentials or permissions (401/403). Not retryable: the
+    /// operator must fix the token, key or role.
+    Auth { url: String, detail: String },
     /// Stored data exists but cannot be understood (a corrupt or foreign state file). A retry
     /// does not help.
     Corrupt { path: String, detail: String },
@@ -47,7 +58,26 @@ pub enum Error {
 
 impl Error {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Io { .. })
+        match self {
+            Error::Io { .. } => true,
+            Error::Http { status, .. } => {
+                status.is_none_or(|s| s >= 500 || s == 429 || s == 409 || s == 408)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether nothing can be stored until the operator acts.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Auth { .. })
+    }
+
+    /// The wait the store demanded before the next request, if any.
+    pub fn demanded_wait(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -55,6 +85,13 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { path, detail } => write!(f, "{path}: {detail}"),
+            Error::Http {
+                url, status, detail, ..
+            } => match status {
+                Some(status) => write!(f, "{url} answered HTTP {status}: {detail}"),
+                None => write!(f, "cannot reach {url}: {detail}"),
+            },
+            Error::Auth { url, detail } => write!(f, "{url} refused our credentials: {detail}"),
             Error::Corrupt { path, detail } => write!(f, "{path} is corrupt: {detail}"),
             Error::NotFound { what } => write!(f, "{what} does not exist"),
             Error::Invalid { detail } => f.write_str(detail),
@@ -73,15 +110,35 @@ impl From<crate::durable::WriteError> for Error {
     }
 }
 
+/// What storing a batch achieved, when it did not fail as a whole.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PutReport {
+    /// Emails the store refused for good (a 4xx that isolates to them), with the reason; the
+    /// rest of the batch is stored. The caller logs and counts them.
+    pub rejected: Vec<(String, String)>,
+}
+
 /// Every sink stores email batches, per-mailbox sync state, and serves remote configuration.
+/// Implementations are shared by all uploader threads.
 pub trait Sink: Send + Sync {
-    /// A short name for logs, e.g. `local:/mnt/ews`.
+    /// A short name for logs, e.g. `local:/mnt/ews` (no secrets).
     fn describe(&self) -> String;
+
+    /// Makes sure `bucket` exists and is writable (creating it where the store supports it).
+    /// Called once per bucket at start-up.
+    fn prepare_bucket(&self, bucket: &Bucket) -> Result<(), Error> {
+        let _ = bucket;
+        Ok(())
+    }
 
     /// Stores a batch durably; returns only when it is safe to move the watermark past it.
     /// Storing the same batch again is harmless.
-    fn put_emails(&self, bucket: &Bucket, mailbox: &str, batch: &EncodedBatch)
-    -> Result<(), Error>;
+    fn put_emails(
+        &self,
+        bucket: &Bucket,
+        mailbox: &str,
+        batch: &EncodedBatch,
+    ) -> Result<PutReport, Error>;
 
     /// The persisted state of `mailbox` in `bucket`, if any.
     fn load_state(&self, bucket: &Bucket, mailbox: &str) -> Result<Option<MailboxState>, Error>;

@@ -41,9 +41,20 @@ fn store(shared: &Shared, batch: &Batch) -> bool {
             .sink
             .put_emails(&mailbox.bucket, &mailbox.address, &batch.encoded)
         {
-            Ok(()) => {
+            Ok(report) => {
                 let metrics = &shared.metrics;
-                Metrics::add(&metrics.emails_synced, batch.encoded.docs.len() as u64);
+                for (id, reason) in &report.rejected {
+                    log::error!(
+                        "mailbox={} email id={id}: refused by the sink for good: {reason}",
+                        mailbox.address
+                    );
+                }
+                let rejected = report.rejected.len() as u64;
+                Metrics::add(&metrics.emails_rejected, rejected);
+                Metrics::add(
+                    &metrics.emails_synced,
+                    batch.encoded.docs.len() as u64 - rejected,
+                );
                 Metrics::add(&metrics.bytes_synced, batch.encoded.bytes() as u64);
                 Metrics::add(&metrics.batches_uploaded, 1);
                 return true;
@@ -52,6 +63,11 @@ fn store(shared: &Shared, batch: &Batch) -> bool {
                 Metrics::add(&shared.metrics.upload_failures, 1);
                 attempt += 1;
                 // During shutdown one attempt more is all the deadline allows for.
+                if err.is_fatal() {
+                    log::error!("mailbox={}: {err}; stopping", mailbox.address);
+                    shared.stop.stop();
+                    return false;
+                }
                 if !err.is_retryable() || attempt >= MAX_ATTEMPTS {
                     log::error!(
                         "mailbox={} batch of {} emails (first id {}): not stored after {attempt} attempts: {err}",
@@ -61,7 +77,9 @@ fn store(shared: &Shared, batch: &Batch) -> bool {
                     );
                     return false;
                 }
-                let wait = retry_delay(attempt - 1, RETRY_BASE, RETRY_CAP);
+                let wait = err
+                    .demanded_wait()
+                    .unwrap_or_else(|| retry_delay(attempt - 1, RETRY_BASE, RETRY_CAP));
                 shared.metrics.record_retry("sink");
                 log::warn!(
                     "mailbox={}: storing a batch failed: {err}; retry {attempt}/{} in {} ms",

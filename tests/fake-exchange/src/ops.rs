@@ -370,13 +370,11 @@ impl Exec<'_> {
                 };
                 let views: Vec<FolderView> = match restriction {
                     Some(expr) => {
-                        restriction::check(expr, &render::folder_kind_of)?;
+                        let compiled = restriction::compile(expr, &render::folder_kind_of)?;
                         views
                             .into_iter()
                             .filter(|v| {
-                                restriction::eval(expr, &render::folder_kind_of, &|p| {
-                                    render::folder_value(v, p)
-                                })
+                                restriction::eval(&compiled, &|p| render::folder_value(v, p))
                             })
                             .collect()
                     }
@@ -431,21 +429,22 @@ impl Exec<'_> {
                     }
                     _ => Vec::new(),
                 };
+                let drafts = self.store.well_known(mb, "drafts");
                 let in_drafts = |item: &crate::model::Item| {
-                    self.store.home_folder(&item.id).is_some_and(|(m, f)| {
-                        self.store.well_known(m, "drafts") == Some(Target::Folder(f))
+                    drafts.is_some_and(|d| {
+                        self.store
+                            .home_folder(&item.id)
+                            .is_some_and(|(m, f)| m == mb && d == Target::Folder(f))
                     })
                 };
                 // position in the folder = stable secondary key
                 let mut view: Vec<(usize, &crate::model::Item)> =
                     items.into_iter().enumerate().collect();
                 if let Some(expr) = restriction {
-                    restriction::check(expr, &render::item_kind_of)?;
+                    let compiled = restriction::compile(expr, &render::item_kind_of)?;
                     view.retain(|(_, item)| {
                         let drafts = in_drafts(item);
-                        restriction::eval(expr, &render::item_kind_of, &|p| {
-                            render::item_value(item, drafts, p)
-                        })
+                        restriction::eval(&compiled, &|p| render::item_value(item, drafts, p))
                     });
                 }
                 for key in sort {

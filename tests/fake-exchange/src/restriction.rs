@@ -62,39 +62,88 @@ fn invalid_value() -> MsgError {
     )
 }
 
-/// Check every path is queryable (per `kind_of`) and every constant parses; done before
-/// evaluation so an empty folder reports the same errors as a full one.
-pub(crate) fn check(
+/// A restriction with its constants parsed once.
+#[derive(Clone, Debug)]
+pub(crate) enum Compiled {
+    Cmp(CmpOp, PropPath, Rhs),
+    And(Vec<Compiled>),
+    Or(Vec<Compiled>),
+    Not(Box<Compiled>),
+    Exists(PropPath),
+    Contains {
+        path: PropPath,
+        needle: String,
+        mode: String,
+        ignore_case: bool,
+    },
+    Excludes(PropPath, i64),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Rhs {
+    Value(Val),
+    Path(PropPath),
+}
+
+/// Check every path is queryable (per `kind_of`) and every constant parses, before any object
+/// is looked at (so an empty folder reports the same errors as a full one).
+pub(crate) fn compile(
     expr: &Expr,
     kind_of: &dyn Fn(&PropPath) -> Option<Kind>,
-) -> Result<(), MsgError> {
-    match expr {
-        Expr::And(v) | Expr::Or(v) => v.iter().try_for_each(|e| check(e, kind_of)),
-        Expr::Not(e) => check(e, kind_of),
-        Expr::Exists(p) => kind_of(p).map(|_| ()).ok_or_else(unsupported_path),
+) -> Result<Compiled, MsgError> {
+    let all = |v: &[Expr]| {
+        v.iter()
+            .map(|e| compile(e, kind_of))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(match expr {
+        Expr::And(v) => Compiled::And(all(v)?),
+        Expr::Or(v) => Compiled::Or(all(v)?),
+        Expr::Not(e) => Compiled::Not(Box::new(compile(e, kind_of)?)),
+        Expr::Exists(p) => {
+            kind_of(p).ok_or_else(unsupported_path)?;
+            Compiled::Exists(p.clone())
+        }
         Expr::Excludes(p, mask) => {
             if kind_of(p) != Some(Kind::Int) {
                 return Err(unsupported_path());
             }
-            parse_mask(mask).map(|_| ()).ok_or_else(invalid_value)
+            Compiled::Excludes(p.clone(), parse_mask(mask).ok_or_else(invalid_value)?)
         }
-        Expr::Contains { path, .. } => match kind_of(path) {
-            Some(Kind::Str) => Ok(()),
-            _ => Err(unsupported_path()),
-        },
-        Expr::Cmp(_, p, operand) => {
-            let kind = kind_of(p).ok_or_else(unsupported_path)?;
-            match operand {
-                Operand::Constant(c) => parse_constant(kind, c)
-                    .map(|_| ())
-                    .ok_or_else(invalid_value),
-                Operand::Path(q) => match kind_of(q) {
-                    Some(k) if k == kind => Ok(()),
-                    _ => Err(unsupported_path()),
+        Expr::Contains {
+            path,
+            value,
+            mode,
+            ignore_case,
+        } => {
+            if kind_of(path) != Some(Kind::Str) {
+                return Err(unsupported_path());
+            }
+            Compiled::Contains {
+                path: path.clone(),
+                needle: if *ignore_case {
+                    value.to_lowercase()
+                } else {
+                    value.clone()
                 },
+                mode: mode.clone(),
+                ignore_case: *ignore_case,
             }
         }
-    }
+        Expr::Cmp(op, p, operand) => {
+            let kind = kind_of(p).ok_or_else(unsupported_path)?;
+            let rhs = match operand {
+                Operand::Constant(c) => {
+                    Rhs::Value(parse_constant(kind, c).ok_or_else(invalid_value)?)
+                }
+                Operand::Path(q) => match kind_of(q) {
+                    Some(k) if k == kind => Rhs::Path(q.clone()),
+                    _ => return Err(unsupported_path()),
+                },
+            };
+            Compiled::Cmp(*op, p.clone(), rhs)
+        }
+    })
 }
 
 fn parse_mask(s: &str) -> Option<i64> {
@@ -115,43 +164,34 @@ fn compare(a: &Val, b: &Val) -> Option<Ordering> {
     }
 }
 
-/// Evaluate a checked expression; `get` returns `None` when the object lacks the property
+/// Evaluate a compiled restriction; `get` returns `None` when the object lacks the property
 /// (such objects never match a comparison).
-pub(crate) fn eval(
-    expr: &Expr,
-    kind_of: &dyn Fn(&PropPath) -> Option<Kind>,
-    get: &dyn Fn(&PropPath) -> Option<Val>,
-) -> bool {
-    match expr {
-        Expr::And(v) => v.iter().all(|e| eval(e, kind_of, get)),
-        Expr::Or(v) => v.iter().any(|e| eval(e, kind_of, get)),
-        Expr::Not(e) => !eval(e, kind_of, get),
-        Expr::Exists(p) => get(p).is_some(),
-        Expr::Excludes(p, mask) => match (get(p), parse_mask(mask)) {
-            (Some(Val::Int(v)), Some(m)) => v & m == 0,
-            _ => false,
-        },
-        Expr::Contains {
+pub(crate) fn eval(c: &Compiled, get: &dyn Fn(&PropPath) -> Option<Val>) -> bool {
+    match c {
+        Compiled::And(v) => v.iter().all(|e| eval(e, get)),
+        Compiled::Or(v) => v.iter().any(|e| eval(e, get)),
+        Compiled::Not(e) => !eval(e, get),
+        Compiled::Exists(p) => get(p).is_some(),
+        Compiled::Excludes(p, mask) => matches!(get(p), Some(Val::Int(v)) if v & mask == 0),
+        Compiled::Contains {
             path,
-            value,
+            needle,
             mode,
             ignore_case,
         } => {
-            let norm = |s: &str| {
-                if *ignore_case {
-                    s.to_lowercase()
-                } else {
-                    s.to_string()
-                }
-            };
-            let needle = norm(value);
             let test = |hay: &str| {
-                let hay = norm(hay);
+                let hay = if *ignore_case {
+                    hay.to_lowercase()
+                } else {
+                    hay.to_string()
+                };
                 match mode.as_str() {
-                    "FullString" => hay == needle,
-                    "Prefixed" => hay.starts_with(&needle),
-                    "PrefixOnWords" => hay.split_whitespace().any(|w| w.starts_with(&needle)),
-                    _ => hay.contains(&needle),
+                    "FullString" => &hay == needle,
+                    "Prefixed" => hay.starts_with(needle.as_str()),
+                    "PrefixOnWords" => hay
+                        .split_whitespace()
+                        .any(|w| w.starts_with(needle.as_str())),
+                    _ => hay.contains(needle.as_str()),
                 }
             };
             match get(path) {
@@ -160,14 +200,15 @@ pub(crate) fn eval(
                 _ => false,
             }
         }
-        Expr::Cmp(op, p, operand) => {
-            let Some(kind) = kind_of(p) else { return false };
+        Compiled::Cmp(op, p, rhs) => {
             let Some(left) = get(p) else { return false };
-            let right = match operand {
-                Operand::Constant(c) => parse_constant(kind, c),
-                Operand::Path(q) => get(q),
+            let right = match rhs {
+                Rhs::Value(v) => v.clone(),
+                Rhs::Path(q) => match get(q) {
+                    Some(v) => v,
+                    None => return false,
+                },
             };
-            let Some(right) = right else { return false };
             let test = |l: &Val| match compare(l, &right) {
                 Some(ord) => match op {
                     CmpOp::Eq => ord == Ordering::Equal,
@@ -254,19 +295,19 @@ mod tests {
             received.clone(),
             Operand::Constant("2024-03-01T10:00:00.500Z".into()),
         );
-        assert!(eval(&ge, &kind_of, &get));
-        assert!(!eval(&gt, &kind_of, &get));
-        assert!(eval(&Expr::Not(Box::new(gt.clone())), &kind_of, &get));
-        assert!(eval(&Expr::Or(vec![ge.clone(), gt]), &kind_of, &get));
-        assert!(check(&ge, &kind_of).is_ok());
+        let run = |e: &Expr| eval(&compile(e, &kind_of).unwrap(), &get);
+        assert!(run(&ge));
+        assert!(!run(&gt));
+        assert!(run(&Expr::Not(Box::new(gt.clone()))));
+        assert!(run(&Expr::Or(vec![ge.clone(), gt])));
         let bad = Expr::Cmp(CmpOp::Ge, received, Operand::Constant("nope".into()));
         assert_eq!(
-            check(&bad, &kind_of).unwrap_err().code,
+            compile(&bad, &kind_of).unwrap_err().code,
             "ErrorInvalidValueForProperty"
         );
         let other = Expr::Exists(PropPath::Field("item:Body".into()));
         assert_eq!(
-            check(&other, &kind_of).unwrap_err().code,
+            compile(&other, &kind_of).unwrap_err().code,
             "ErrorUnsupportedPathForQuery"
         );
     }
