@@ -6,12 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=.venv
-if ! "$venv/bin/python" -c 'import spnego' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import spnego, jwt' 2>/dev/null; then
     echo "== installing test peers into $venv (pyspnego)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
 fi
 export EXCHANGE_SYNC_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# --- Azurite (Azure Storage emulator) for tests/it/azure.rs: begin ---
+# Installed once into .azurite (pinned 3.35.0, the newest on Node 20); each test starts its own
+# on a free loopback port with --disableTelemetry.
+EXCHANGE_SYNC_AZURITE="$(tests/peers/azurite.sh)"
+export EXCHANGE_SYNC_AZURITE
+# --- Azurite: end ---
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use crate::cli::Cli;
 use crate::config::{self, AccessType, Auth, Config, MicrosoftApi, StartFrom};
 use crate::exchange::MailSource;
-use crate::exchange::ews::{Access, EwsSource};
+use crate::exchange::ews::{Access, EwsServer, EwsSource};
 use crate::exchange::ntlm::NtlmCredentials;
-use crate::exchange::throttle::BackoffGate;
 use crate::exchange::transport::{Credentials, Transport};
 use crate::metrics::Metrics;
 use crate::shard::Shard;
@@ -91,11 +90,21 @@ fn try_run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), AppErr
             )));
         }
     }
-    let loaded = load_config(cli, sink.as_ref(), env)?;
+    // The watcher thread re-parses the config later: give it a copy of the environment.
+    let env_snapshot: HashMap<String, String> = config::ENV_OVERRIDES
+        .iter()
+        .map(|o| o.var)
+        .chain(["REINFER_EWS_CONFIG"])
+        .filter_map(|name| env(name).map(|value| (name.to_owned(), value)))
+        .collect();
+    let env = move |name: &str| env_snapshot.get(name).cloned();
+    let source = config_source(cli, &env)?;
+    let (mut bytes, origin) = read_config(&source, sink.as_ref())?;
+    let loaded = config::parse(&bytes, &origin, &env).map_err(AppError::Config)?;
     for warning in &loaded.warnings {
         log::warn!("config: {warning}");
     }
-    let config = loaded.config;
+    let mut config = loaded.config;
     if cli.print_config {
         let text = serde_json::to_string_pretty(&config.to_redacted_json())
             .map_err(|e| AppError::Fatal(format!("cannot print the configuration: {e}")))?;
@@ -110,8 +119,22 @@ fn try_run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), AppErr
 
     let mut backoff = RESTART_BACKOFF_START;
     loop {
-        let result = run_service(&config, &shard, sink.clone(), cli.once, &terminate);
+        let watch = (!cli.once).then(|| ConfigWatch {
+            source: &source,
+            sink: sink.as_ref(),
+            env: &env,
+            bytes: &bytes,
+            interval: config.poll_frequency.max(MIN_CONFIG_RELOAD_INTERVAL),
+        });
+        let result = run_service(&config, &shard, sink.clone(), cli.once, &terminate, watch);
         match result {
+            Ok(RunEnd::Done) => return Ok(()),
+            Ok(RunEnd::Reload(new_config, new_bytes)) => {
+                log::info!("configuration changed: the pipeline restarted with it");
+                config = *new_config;
+                bytes = new_bytes;
+                backoff = RESTART_BACKOFF_START;
+            }
             Err(AppError::Fatal(message))
                 if cli.restart_on_unrecoverable_errors && !terminate.is_stopped() =>
             {
@@ -125,7 +148,129 @@ fn try_run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), AppErr
                 }
                 backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
             }
-            other => return other,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Where the configuration is read from.
+enum ConfigSource {
+    /// The file named by REINFER_EWS_CONFIG.
+    File(String),
+    /// The sink's stored configuration `owner`/`key`.
+    Remote { owner: String, key: String },
+}
+
+/// How a run ended when it did not fail.
+enum RunEnd {
+    Done,
+    /// The configuration changed and is valid: run again with it.
+    Reload(Box<Config>, Vec<u8>),
+}
+
+/// What the config watcher of a run needs.
+struct ConfigWatch<'a> {
+    source: &'a ConfigSource,
+    sink: &'a dyn Sink,
+    env: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    /// The bytes the running configuration came from.
+    bytes: &'a [u8],
+    interval: Duration,
+}
+
+/// Re-reading a remote config more often than this gains nothing and costs API calls.
+const MIN_CONFIG_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ConfigWatch<'_> {
+    /// Re-reads the configuration every interval until `stop`; returns a changed, valid
+    /// configuration (and stops the run so it can restart with it). An invalid new one is
+    /// logged and the running one kept.
+    fn watch(&self, running: &Config, stop: &StopFlag) -> Option<(Config, Vec<u8>)> {
+        let mut last_bytes = self.bytes.to_vec();
+        while stop.sleep(self.interval) {
+            let (bytes, origin) = match read_config(self.source, self.sink) {
+                Ok(read) => read,
+                Err(err) => {
+                    log::warn!("cannot re-read the configuration (keeping the running one): {err}");
+                    continue;
+                }
+            };
+            if bytes == last_bytes {
+                continue;
+            }
+            last_bytes = bytes.clone();
+            match config::parse(&bytes, &origin, self.env) {
+                Ok(loaded) if loaded.config == *running => {}
+                Ok(loaded) => match check_supported(&loaded.config) {
+                    Ok(()) => {
+                        for warning in &loaded.warnings {
+                            log::warn!("config: {warning}");
+                        }
+                        log::info!("{origin} changed; restarting the pipeline with it");
+                        stop.stop();
+                        return Some((loaded.config, bytes));
+                    }
+                    Err(err) => log::error!("new configuration rejected, keeping the running one: {err}"),
+                },
+                Err(errors) => log::error!(
+                    "new configuration from {origin} rejected, keeping the running one:\n{errors}"
+                ),
+            }
+        }
+        None
+    }
+}
+
+fn config_source(
+    cli: &Cli,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ConfigSource, AppError> {
+    let remote = match (&cli.remote_config_owner, &cli.remote_config_key) {
+        (Some(owner), Some(key)) => Some((owner.clone(), key.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(AppError::Usage(
+                "--remote-config-owner and --remote-config-key go together".into(),
+            ));
+        }
+    };
+    match (env("REINFER_EWS_CONFIG").filter(|p| !p.is_empty()), remote) {
+        (Some(path), remote) => {
+            if remote.is_some() {
+                log::info!("REINFER_EWS_CONFIG is set: using {path}, not the remote configuration");
+            }
+            Ok(ConfigSource::File(path))
+        }
+        (None, Some((owner, key))) => Ok(ConfigSource::Remote { owner, key }),
+        (None, None) => Err(AppError::Usage(
+            "no configuration: set REINFER_EWS_CONFIG to a config file, or pass \
+             --remote-config-owner and --remote-config-key"
+                .into(),
+        )),
+    }
+}
+
+/// The configuration's bytes and a name for its origin (in error messages).
+fn read_config(source: &ConfigSource, sink: &dyn Sink) -> Result<(Vec<u8>, String), AppError> {
+    match source {
+        ConfigSource::File(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                AppError::Usage(format!(
+                    "cannot read the config file {path} (REINFER_EWS_CONFIG): {e}"
+                ))
+            })?;
+            Ok((bytes, path.clone()))
+        }
+        ConfigSource::Remote { owner, key } => {
+            let bytes = sink.read_config(owner, key).map_err(|e| match e {
+                sink::Error::NotFound { .. } | sink::Error::Invalid { .. } => {
+                    AppError::Usage(format!("remote configuration: {e}"))
+                }
+                other => {
+                    AppError::Fatal(format!("cannot read the remote configuration: {other}"))
+                }
+            })?;
+            Ok((bytes, format!("remote config {owner}/{key}")))
         }
     }
 }
@@ -145,6 +290,23 @@ fn build_sink(cli: &Cli) -> Result<Arc<dyn Sink>, AppError> {
     }
     if let Some(dir) = &cli.local_files_prefix {
         return Ok(Arc::new(LocalSink::new(dir)));
+    }
+    if let Some(value) = &cli.private_file_prefix {
+        use crate::sink::azure::{AzurePrefix, AzureSink};
+        let prefix = AzurePrefix::parse(value)
+            .map_err(|e| AppError::Usage(format!("--private-file-prefix {e}")))?;
+        // Only a connection string is read here; token methods are tried at the first
+        // request, so nothing is probed before the configuration is known to be good.
+        let env = |name: &str| std::env::var(name).ok();
+        let credentials = crate::auth::azure::from_environment(&prefix.account, &env)
+            .map_err(|e| AppError::Usage(format!("--private-file-prefix {prefix}: {e}")))?;
+        log::debug!(
+            "Azure Blob Storage sink {prefix}: credentials {}",
+            credentials.describe()
+        );
+        let sink = AzureSink::new(&prefix, credentials)
+            .map_err(|e| AppError::Usage(format!("--private-file-prefix {prefix}: {e}")))?;
+        return Ok(Arc::new(sink));
     }
     let flag = if cli.reinfer_api_endpoint.is_some() {
         "--reinfer-api-endpoint (Communications Mining sink)"
@@ -167,53 +329,6 @@ fn shard_of(cli: &Cli) -> Result<Shard, AppError> {
     }
 }
 
-/// The config file named by REINFER_EWS_CONFIG wins; otherwise the remote config.
-fn load_config(
-    cli: &Cli,
-    sink: &dyn Sink,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<config::Loaded, AppError> {
-    let remote = match (&cli.remote_config_owner, &cli.remote_config_key) {
-        (Some(owner), Some(key)) => Some((owner, key)),
-        (None, None) => None,
-        _ => {
-            return Err(AppError::Usage(
-                "--remote-config-owner and --remote-config-key go together".into(),
-            ));
-        }
-    };
-    let (bytes, origin) = match (env("REINFER_EWS_CONFIG").filter(|p| !p.is_empty()), remote) {
-        (Some(path), remote) => {
-            if remote.is_some() {
-                log::info!("REINFER_EWS_CONFIG is set: using {path}, not the remote configuration");
-            }
-            let bytes = std::fs::read(&path).map_err(|e| {
-                AppError::Usage(format!(
-                    "cannot read the config file {path} (REINFER_EWS_CONFIG): {e}"
-                ))
-            })?;
-            (bytes, path)
-        }
-        (None, Some((owner, key))) => {
-            let bytes = sink.read_config(owner, key).map_err(|e| match e {
-                sink::Error::NotFound { .. } | sink::Error::Invalid { .. } => {
-                    AppError::Usage(format!("remote configuration: {e}"))
-                }
-                other => AppError::Fatal(format!("cannot read the remote configuration: {other}")),
-            })?;
-            (bytes, format!("remote config {owner}/{key}"))
-        }
-        (None, None) => {
-            return Err(AppError::Usage(
-                "no configuration: set REINFER_EWS_CONFIG to a config file, or pass \
-                 --remote-config-owner and --remote-config-key"
-                    .into(),
-            ));
-        }
-    };
-    config::parse(&bytes, &origin, env).map_err(AppError::Config)
-}
-
 fn check_supported(config: &Config) -> Result<(), AppError> {
     if config.microsoft_api == MicrosoftApi::Graph {
         return Err(AppError::Usage(
@@ -225,10 +340,13 @@ fn check_supported(config: &Config) -> Result<(), AppError> {
             "auth_type \"oauth2\" is not supported yet by this build; use \"ntlm\"".into(),
         ));
     }
-    if config.ews_ssl_ciphers.is_some() {
-        log::warn!(
-            "ews_ssl_ciphers is not applied by this build; OpenSSL's default ciphers are used"
-        );
+    // An unusable cipher list is a configuration error: refused at start-up, and as a live
+    // edit (the config watcher checks new configurations here).
+    if let Some(ciphers) = &config.ews_ssl_ciphers
+        && let Err(e) = crate::exchange::tls::TlsClient::new(config.ews_ssl_verify, Some(ciphers))
+        && e.is_config_error()
+    {
+        return Err(AppError::Usage(e.to_string()));
     }
     Ok(())
 }
@@ -240,7 +358,8 @@ fn run_service(
     sink: Arc<dyn Sink>,
     once: bool,
     terminate: &StopFlag,
-) -> Result<(), AppError> {
+    watch: Option<ConfigWatch<'_>>,
+) -> Result<RunEnd, AppError> {
     let started = Instant::now();
     // `--once` copies what was received before it started; rounding up to the next second
     // includes everything of the current second, as EWS compares at second precision.
@@ -305,22 +424,45 @@ fn run_service(
         poll_frequency: config.poll_frequency,
     });
     let sources = build_sources(config, &stop, &metrics)?;
-    let outcome = sync::run(
-        shared,
-        states,
-        cursors,
-        sources,
-        Settings {
-            uploaders: config.max_concurrent_uploads.max(1),
-            until,
-            shutdown_deadline: SHUTDOWN_DEADLINE,
-        },
-    );
-    stop.stop();
+    let (outcome, reload) = std::thread::scope(|scope| {
+        let watcher = watch.map(|watch| {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("config-watch".into())
+                .spawn_scoped(scope, move || watch.watch(config, &stop))
+        });
+        let outcome = sync::run(
+            shared,
+            states,
+            cursors,
+            sources,
+            Settings {
+                uploaders: config.max_concurrent_uploads.max(1),
+                until,
+                shutdown_deadline: SHUTDOWN_DEADLINE,
+            },
+        );
+        stop.stop();
+        let reload = match watcher {
+            Some(Ok(handle)) => handle.join().unwrap_or_else(|_| {
+                log::error!("the config watcher panicked");
+                None
+            }),
+            Some(Err(err)) => {
+                log::error!("cannot start the config watcher: {err}");
+                None
+            }
+            None => None,
+        };
+        (outcome, reload)
+    });
     let _ = relay.join();
     log_summary(&metrics, started.elapsed());
+    if let (Some((config, bytes)), false) = (reload, terminate.is_stopped()) {
+        return Ok(RunEnd::Reload(Box::new(config), bytes));
+    }
     match outcome {
-        Outcome::Finished => Ok(()),
+        Outcome::Finished => Ok(RunEnd::Done),
         Outcome::FinishedWithErrors(count) => Err(AppError::Fatal(format!(
             "{count} mailbox(es) or folder(s) could not be synced completely; see the errors above"
         ))),
@@ -362,25 +504,35 @@ fn build_sources(
         AccessType::Delegate => Access::Delegate,
         AccessType::Impersonation => Access::Impersonation,
     };
-    let gate = Arc::new(BackoffGate::default());
+    let server = Arc::new(EwsServer::new(config.max_concurrent_fetches));
     let settings = crate::http::AgentSettings {
         verify_tls: config.ews_ssl_verify,
+        ciphers: config.ews_ssl_ciphers.clone(),
     };
+    // Checked once, before any thread starts: an unusable cipher list is a config error.
+    let tls = crate::http::ews_tls(&settings).map_err(|e| {
+        if e.is_config_error() {
+            AppError::Usage(e.to_string())
+        } else {
+            AppError::Fatal(e.to_string())
+        }
+    })?;
+    if !config.ews_ssl_verify && url.starts_with("https:") {
+        log::warn!("ews_ssl_verify is false: the EWS server's certificate is not checked");
+    }
     let on_retry: Arc<dyn Fn(&str) + Send + Sync> = {
         let metrics = metrics.clone();
         Arc::new(move |reason: &str| metrics.record_retry(reason))
     };
     Ok((0..config.max_concurrent_fetches.max(1))
         .map(|_| {
-            let transport = Transport::new(
-                crate::http::agent(&settings),
-                url.clone(),
-                credentials.clone(),
-            );
+            let (agent, cert_slot) = crate::http::ews_agent(&tls);
+            let transport =
+                Transport::new(agent, url.clone(), credentials.clone()).with_cert_slot(cert_slot);
             Box::new(EwsSource::new(
                 transport,
                 access,
-                gate.clone(),
+                server.clone(),
                 stop.clone(),
                 config.poll_message_sleep,
                 on_retry.clone(),

@@ -1,6 +1,10 @@
 //! Credentials that produce bearer tokens: OAuth2 client credentials (secret or certificate)
 //! for Exchange Online, Graph and Azure Storage, and the Azure credential chain.
 
+pub mod azure;
+pub mod client_credentials;
+pub mod jwt;
+
 use std::fmt;
 
 use crate::secret::Secret;

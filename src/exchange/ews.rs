@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -10,16 +11,43 @@ use roxmltree::Node;
 use time::OffsetDateTime;
 
 use super::soap::{self, NS_MESSAGES, NS_TYPES, child, child_text, escape};
-use super::throttle::{self, BackoffGate};
+use super::throttle::{self, BackoffGate, ConcurrencyLimit};
 use super::transport::Transport;
 use super::{
     AttachmentInfo, Error, FetchedItem, FolderInfo, ItemOutcome, ItemRef, Listing, MailSource,
 };
 use crate::shutdown::StopFlag;
 
-/// The version header for Exchange 2013 SP1, 2016, 2019 and Online: the newest value the
-/// schema documents, and everything we use exists in it.
-pub const SERVER_VERSION: &str = "Exchange2013_SP1";
+/// Version headers to try, newest first. Exchange2013_SP1 suits 2013 SP1, 2016, 2019 and
+/// Online (the newest value the schema documents); everything we use exists in all of them, so
+/// a server that rejects one gets the next.
+const SERVER_VERSIONS: &[&str] = &[
+    "Exchange2013_SP1",
+    "Exchange2013",
+    "Exchange2010_SP2",
+    "Exchange2010_SP1",
+    "Exchange2010",
+    "Exchange2007_SP1",
+];
+
+/// Codes with which a server rejects our `RequestServerVersion`.
+const VERSION_ERROR_CODES: &[&str] = &[
+    "ErrorInvalidServerVersion",
+    "ErrorIncorrectSchemaVersion",
+    "ErrorInvalidSchemaVersionForMailboxVersion",
+];
+
+/// Per-item codes after which the item is fetched again alone: Exchange fails some items only
+/// in batches.
+const RETRY_ALONE_CODES: &[&str] = &[
+    "ErrorItemCorrupt",
+    "ErrorMimeContentConversionFailed",
+    "ErrorCorruptData",
+];
+
+/// GetItem batches halve on ErrorTimeoutExpired and grow back by one after this many
+/// successful batches.
+const BATCH_GROWTH_AFTER_SUCCESSES: u32 = 20;
 
 /// Items per FindItem page: below the 250 that Exchange 2013+ allows for restricted searches.
 const FIND_ITEM_PAGE: usize = 200;
@@ -48,11 +76,57 @@ pub enum Access {
     Impersonation,
 }
 
+/// What every thread talking to one EWS server shares: the server's demanded pauses, its
+/// connection budget and the version header it accepts.
+#[derive(Debug)]
+pub struct EwsServer {
+    pub gate: BackoffGate,
+    pub connections: ConcurrencyLimit,
+    /// Index into `SERVER_VERSIONS`.
+    version: AtomicUsize,
+}
+
+impl EwsServer {
+    pub fn new(max_concurrent_requests: usize) -> Self {
+        EwsServer {
+            gate: BackoffGate::default(),
+            connections: ConcurrencyLimit::new(max_concurrent_requests),
+            version: AtomicUsize::new(0),
+        }
+    }
+
+    fn version(&self) -> (usize, &'static str) {
+        let index = self
+            .version
+            .load(Ordering::Relaxed)
+            .min(SERVER_VERSIONS.len() - 1);
+        (index, SERVER_VERSIONS[index])
+    }
+
+    /// Steps down from `rejected` (unless another thread already did). False when there is no
+    /// older version left.
+    fn fall_back_from(&self, rejected: usize) -> bool {
+        if rejected + 1 >= SERVER_VERSIONS.len() {
+            return false;
+        }
+        let _ = self.version.compare_exchange(
+            rejected,
+            rejected + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        true
+    }
+}
+
 /// The EWS client of one worker thread.
 pub struct EwsSource {
     transport: Transport,
     access: Access,
-    gate: Arc<BackoffGate>,
+    server: Arc<EwsServer>,
+    /// Items per GetItem; halves on ErrorTimeoutExpired.
+    get_item_batch: usize,
+    successes_since_shrink: u32,
     stop: StopFlag,
     /// Politeness pause between consecutive requests of this thread (`poll_message_sleep`).
     request_pause: Duration,
@@ -64,7 +138,7 @@ impl EwsSource {
     pub fn new(
         transport: Transport,
         access: Access,
-        gate: Arc<BackoffGate>,
+        server: Arc<EwsServer>,
         stop: StopFlag,
         request_pause: Duration,
         on_retry: Arc<dyn Fn(&str) + Send + Sync>,
@@ -72,65 +146,96 @@ impl EwsSource {
         EwsSource {
             transport,
             access,
-            gate,
+            server,
+            get_item_batch: GET_ITEM_BATCH,
+            successes_since_shrink: 0,
             stop,
             request_pause,
             on_retry,
         }
     }
 
-    /// Posts an operation for `mailbox` and returns the response text, retrying transient
-    /// failures and honouring every wait the server demands, for all threads.
+    /// Posts an operation for `mailbox` and reads the response with `read`, retrying transient
+    /// failures and honouring every wait the server demands, for all threads. With
+    /// `give_back_timeouts`, ErrorTimeoutExpired is returned at once so the caller can retry
+    /// with a smaller batch.
     fn call<T>(
         &mut self,
         mailbox: &str,
         operation: &str,
         body: &str,
+        give_back_timeouts: bool,
         read: impl Fn(&roxmltree::Document<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let impersonate = (self.access == Access::Impersonation).then_some(mailbox);
-        let request = soap::envelope(SERVER_VERSION, impersonate, body);
         let mut attempt = 0;
         loop {
-            if !self.gate.wait(&self.stop) {
+            if !self.server.gate.wait(&self.stop) {
                 return Err(stopped());
             }
             if !self.request_pause.is_zero() && !self.stop.sleep(self.request_pause) {
                 return Err(stopped());
             }
-            let result = self
-                .transport
-                .post(mailbox, &request)
-                .and_then(|reply| into_text(reply.body))
-                .and_then(|text| {
-                    // A fault or a whole-request throttling error fails the request; per-item
-                    // errors are for `read`.
-                    let clean = soap::sanitize_char_refs(&text);
-                    let doc = soap::parse(&clean)?;
-                    soap::check_fault(&doc)?;
-                    check_request_level_errors(&doc)?;
-                    read(&doc)
-                });
+            let (version_index, version) = self.server.version();
+            let request = soap::envelope(version, impersonate, body);
+            let result = {
+                let _permit = self.server.connections.acquire();
+                self.transport.post(mailbox, &request)
+            }
+            .and_then(|reply| into_text(reply.body))
+            .and_then(|text| {
+                // A fault or a whole-request throttling error fails the request; per-item
+                // errors are for `read`.
+                let clean = soap::sanitize_char_refs(&text);
+                let doc = soap::parse(&clean)?;
+                soap::check_fault(&doc)?;
+                check_request_level_errors(&doc)?;
+                read(&doc)
+            });
             let err = match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.server.connections.record_success();
+                    return Ok(value);
+                }
                 Err(err) => err,
             };
+            let code = match &err {
+                Error::Ews { code, .. } => code.as_str(),
+                _ => "",
+            };
+            if VERSION_ERROR_CODES.contains(&code) && self.server.fall_back_from(version_index) {
+                let (_, older) = self.server.version();
+                log::warn!(
+                    "mailbox={mailbox} {operation}: the server rejected RequestServerVersion {version} ({code}); using {older}"
+                );
+                continue;
+            }
+            if code == "ErrorTimeoutExpired" && give_back_timeouts {
+                return Err(err);
+            }
             attempt += 1;
             if !err.is_retryable() || attempt >= MAX_ATTEMPTS || self.stop.is_stopped() {
                 return Err(err);
             }
-            let wait = match &err {
-                Error::Ews { code, .. } if code == "ErrorServerBusy" => {
+            let wait = match code {
+                "ErrorServerBusy" => {
                     let wait = err.demanded_wait().unwrap_or(DEFAULT_BUSY_WAIT);
                     if wait > throttle::MAX_DEMANDED_WAIT {
                         return Err(err);
                     }
-                    self.gate.pause_for(wait);
+                    self.server.gate.pause_for(wait);
                     wait
+                }
+                "ErrorExceededConnectionCount" => {
+                    let limit = self.server.connections.lower();
+                    log::warn!(
+                        "mailbox={mailbox}: the server limits our connections; now at most {limit} requests at once"
+                    );
+                    throttle::retry_delay(attempt - 1, RETRY_BASE, RETRY_CAP)
                 }
                 _ => match err.demanded_wait() {
                     Some(wait) => {
-                        self.gate.pause_for(wait);
+                        self.server.gate.pause_for(wait);
                         wait
                     }
                     None => throttle::retry_delay(attempt - 1, RETRY_BASE, RETRY_CAP),
@@ -156,7 +261,7 @@ impl EwsSource {
             ),
             self.distinguished_folder("msgfolderroot", mailbox)
         );
-        self.call(mailbox, "GetFolder", &body, |doc| {
+        self.call(mailbox, "GetFolder", &body, false, |doc| {
             let (node, status) = first_message(doc)?;
             if !status.success {
                 return Err(status.into_error());
@@ -275,7 +380,7 @@ impl MailSource for EwsSource {
                 offset = offset,
                 root = self.distinguished_folder("msgfolderroot", mailbox),
             );
-            let (found, page) = self.call(mailbox, "FindFolder", &body, read_folder_page)?;
+            let (found, page) = self.call(mailbox, "FindFolder", &body, false, read_folder_page)?;
             let returned = found.len();
             for (id, folder) in found {
                 if let std::collections::hash_map::Entry::Vacant(slot) = folders.entry(id) {
@@ -340,7 +445,7 @@ impl MailSource for EwsSource {
                 restriction = restriction,
                 folder = escape(&folder.id),
             );
-            let (page_items, page) = self.call(mailbox, "FindItem", &body, |doc| {
+            let (page_items, page) = self.call(mailbox, "FindItem", &body, false, |doc| {
                 read_item_page(doc, mailbox, folder)
             })?;
             let page_len = page_items.len();
@@ -377,6 +482,84 @@ impl MailSource for EwsSource {
     }
 
     fn fetch_items(&mut self, mailbox: &str, items: &[ItemRef]) -> Result<Vec<ItemOutcome>, Error> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for chunk in items.chunks(self.get_item_batch.max(1)) {
+            outcomes.extend(self.fetch_chunk(mailbox, chunk)?);
+        }
+        Ok(outcomes)
+    }
+
+    fn fetch_batch_limits(&self) -> (usize, u64) {
+        (self.get_item_batch, GET_ITEM_BATCH_BYTES)
+    }
+}
+
+impl EwsSource {
+    /// One GetItem, shrinking the batch on ErrorTimeoutExpired and fetching items alone that
+    /// the server fails only in batches.
+    fn fetch_chunk(&mut self, mailbox: &str, items: &[ItemRef]) -> Result<Vec<ItemOutcome>, Error> {
+        let mut outcomes = match self.get_items(mailbox, items, items.len() > 1) {
+            Err(Error::Ews { code, .. }) if code == "ErrorTimeoutExpired" && items.len() > 1 => {
+                self.get_item_batch = (items.len() / 2).max(1);
+                self.successes_since_shrink = 0;
+                log::warn!(
+                    "mailbox={mailbox}: GetItem of {} items timed out on the server; batches of {} from now on",
+                    items.len(),
+                    self.get_item_batch
+                );
+                let (first, second) = items.split_at(items.len() / 2);
+                let mut outcomes = self.fetch_chunk(mailbox, first)?;
+                outcomes.extend(self.fetch_chunk(mailbox, second)?);
+                return Ok(outcomes);
+            }
+            result => result?,
+        };
+        self.successes_since_shrink += 1;
+        if self.successes_since_shrink >= BATCH_GROWTH_AFTER_SUCCESSES
+            && self.get_item_batch < GET_ITEM_BATCH
+        {
+            self.get_item_batch += 1;
+            self.successes_since_shrink = 0;
+        }
+        for (index, outcome) in outcomes.iter_mut().enumerate() {
+            let ItemOutcome::Skipped { code, item_id, .. } = outcome else {
+                continue;
+            };
+            let alone = &items[index..=index];
+            let retry = if RETRY_ALONE_CODES.contains(&code.as_str()) && items.len() > 1 {
+                log::info!(
+                    "mailbox={mailbox} item={item_id}: {code} in a batch; fetching it alone"
+                );
+                self.get_items(mailbox, alone, false)?
+            } else if code == "ErrorInvalidPropertyRequest" {
+                // message:* properties on an item that is not a message: ask for item:* only.
+                self.get_items_with(mailbox, alone, false, ITEM_PROPERTIES)?
+            } else {
+                continue;
+            };
+            if let Some(fetched) = retry.into_iter().next() {
+                *outcome = fetched;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn get_items(
+        &mut self,
+        mailbox: &str,
+        items: &[ItemRef],
+        give_back_timeouts: bool,
+    ) -> Result<Vec<ItemOutcome>, Error> {
+        self.get_items_with(mailbox, items, give_back_timeouts, MESSAGE_PROPERTIES)
+    }
+
+    fn get_items_with(
+        &mut self,
+        mailbox: &str,
+        items: &[ItemRef],
+        give_back_timeouts: bool,
+        properties: &str,
+    ) -> Result<Vec<ItemOutcome>, Error> {
         let mut ids = String::new();
         for item in items {
             let _ = write!(ids, r#"<t:ItemId Id="{}"/>"#, escape(&item.id));
@@ -385,31 +568,44 @@ impl MailSource for EwsSource {
             concat!(
                 "<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>",
                 "<t:IncludeMimeContent>true</t:IncludeMimeContent>",
-                "<t:AdditionalProperties>",
-                r#"<t:FieldURI FieldURI="item:DateTimeReceived"/>"#,
-                r#"<t:FieldURI FieldURI="item:DateTimeSent"/>"#,
-                r#"<t:FieldURI FieldURI="item:Size"/>"#,
-                r#"<t:FieldURI FieldURI="item:HasAttachments"/>"#,
-                r#"<t:FieldURI FieldURI="item:Attachments"/>"#,
-                r#"<t:FieldURI FieldURI="item:Importance"/>"#,
-                r#"<t:FieldURI FieldURI="item:Sensitivity"/>"#,
-                r#"<t:FieldURI FieldURI="item:Categories"/>"#,
-                r#"<t:FieldURI FieldURI="item:ConversationId"/>"#,
-                r#"<t:FieldURI FieldURI="message:ConversationTopic"/>"#,
-                r#"<t:FieldURI FieldURI="message:InternetMessageId"/>"#,
-                r#"<t:FieldURI FieldURI="message:IsRead"/>"#,
-                "</t:AdditionalProperties></m:ItemShape>",
+                "<t:AdditionalProperties>{properties}</t:AdditionalProperties></m:ItemShape>",
                 "<m:ItemIds>{ids}</m:ItemIds></m:GetItem>"
             ),
+            properties = properties,
             ids = ids
         );
-        self.call(mailbox, "GetItem", &body, |doc| read_items(doc, items))
-    }
-
-    fn fetch_batch_limits(&self) -> (usize, u64) {
-        (GET_ITEM_BATCH, GET_ITEM_BATCH_BYTES)
+        self.call(mailbox, "GetItem", &body, give_back_timeouts, |doc| {
+            read_items(doc, items)
+        })
     }
 }
+
+/// Properties every item has (a macro, so `concat!` can build both lists from it).
+macro_rules! item_properties {
+    () => {
+        concat!(
+            r#"<t:FieldURI FieldURI="item:DateTimeReceived"/>"#,
+            r#"<t:FieldURI FieldURI="item:DateTimeSent"/>"#,
+            r#"<t:FieldURI FieldURI="item:Size"/>"#,
+            r#"<t:FieldURI FieldURI="item:HasAttachments"/>"#,
+            r#"<t:FieldURI FieldURI="item:Attachments"/>"#,
+            r#"<t:FieldURI FieldURI="item:Importance"/>"#,
+            r#"<t:FieldURI FieldURI="item:Sensitivity"/>"#,
+            r#"<t:FieldURI FieldURI="item:Categories"/>"#,
+            r#"<t:FieldURI FieldURI="item:ConversationId"/>"#,
+        )
+    };
+}
+
+const ITEM_PROPERTIES: &str = item_properties!();
+
+/// Item properties plus those of messages (the usual case in mail folders).
+const MESSAGE_PROPERTIES: &str = concat!(
+    item_properties!(),
+    r#"<t:FieldURI FieldURI="message:ConversationTopic"/>"#,
+    r#"<t:FieldURI FieldURI="message:InternetMessageId"/>"#,
+    r#"<t:FieldURI FieldURI="message:IsRead"/>"#,
+);
 
 fn read_folder_page(
     doc: &roxmltree::Document<'_>,

@@ -1,7 +1,7 @@
 //! Waiting politely: a back-off shared by every thread talking to one server, and the retry
 //! schedule for transient failures.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::shutdown::StopFlag;
@@ -40,6 +40,86 @@ impl BackoffGate {
         if guard.is_none_or(|current| current < until) {
             *guard = Some(until);
         }
+    }
+}
+
+/// How many requests may be in flight to one server at once, across all threads. Starts at the
+/// configured maximum and is lowered when the server says we exceed its connection budget
+/// (`ErrorExceededConnectionCount`); it recovers by one after a run of successes.
+#[derive(Debug)]
+pub struct ConcurrencyLimit {
+    state: Mutex<LimitState>,
+    freed: Condvar,
+}
+
+#[derive(Debug)]
+struct LimitState {
+    limit: usize,
+    max: usize,
+    in_flight: usize,
+    successes_since_change: u32,
+}
+
+/// Successes in a row before the limit grows back by one.
+const SUCCESSES_TO_GROW: u32 = 200;
+
+impl ConcurrencyLimit {
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        ConcurrencyLimit {
+            state: Mutex::new(LimitState {
+                limit: max,
+                max,
+                in_flight: 0,
+                successes_since_change: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot. The slot is given back when the permit drops.
+    pub fn acquire(&self) -> Permit<'_> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.in_flight >= state.limit {
+            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.in_flight += 1;
+        Permit { limit: self }
+    }
+
+    /// The server refused a connection: one slot fewer from now on (never below one).
+    pub fn lower(&self) -> usize {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.limit = (state.limit - 1).max(1);
+        state.successes_since_change = 0;
+        state.limit
+    }
+
+    pub fn record_success(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.successes_since_change += 1;
+        if state.successes_since_change >= SUCCESSES_TO_GROW && state.limit < state.max {
+            state.limit += 1;
+            state.successes_since_change = 0;
+            self.freed.notify_one();
+        }
+    }
+
+    pub fn current(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).limit
+    }
+}
+
+/// A slot in a [`ConcurrencyLimit`], given back on drop.
+pub struct Permit<'a> {
+    limit: &'a ConcurrencyLimit,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.limit.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.in_flight -= 1;
+        self.limit.freed.notify_one();
     }
 }
 
@@ -89,6 +169,23 @@ mod tests {
             let ceiling = base.saturating_mul(1 << attempt.min(16)).min(cap);
             assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
         }
+    }
+
+    #[test]
+    fn concurrency_limit_lowers_and_recovers() {
+        let limit = ConcurrencyLimit::new(3);
+        let a = limit.acquire();
+        let b = limit.acquire();
+        assert_eq!(limit.lower(), 2);
+        assert_eq!(limit.lower(), 1);
+        assert_eq!(limit.lower(), 1);
+        drop((a, b));
+        for _ in 0..SUCCESSES_TO_GROW {
+            limit.record_success();
+        }
+        assert_eq!(limit.current(), 2);
+        let _c = limit.acquire();
+        let _d = limit.acquire();
     }
 
     #[test]

@@ -6,6 +6,7 @@ use ureq::Agent;
 
 use super::Error;
 use super::ntlm::{self, NtlmCredentials};
+use super::tls::{CertSlot, TlsHandshakeError};
 
 /// Largest response we read: one GetItem response carrying a very large email in base64.
 pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
@@ -30,16 +31,28 @@ pub struct Transport {
     credentials: Credentials,
     /// Whether the pooled connection has completed an NTLM handshake.
     authenticated: bool,
+    /// Where the agent's connector leaves the certificate hash of its latest TLS connection.
+    cert_slot: CertSlot,
 }
 
 impl Transport {
+    /// A transport without channel binding: for agents whose connector records no
+    /// certificates (see [`Transport::with_cert_slot`]).
     pub fn new(agent: Agent, url: String, credentials: Credentials) -> Self {
         Transport {
             agent,
             url,
             credentials,
             authenticated: false,
+            cert_slot: CertSlot::default(),
         }
+    }
+
+    /// Binds NTLM handshakes over TLS to the server certificate the agent's connector
+    /// records in `slot` (from `http::ews_agent`), for servers with Extended Protection.
+    pub fn with_cert_slot(mut self, slot: CertSlot) -> Self {
+        self.cert_slot = slot;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -105,12 +118,35 @@ impl Transport {
                  check auth_type and that NTLM is enabled on the EWS virtual directory"
             )));
         };
-        let authenticate = ntlm::authenticate_header(&challenge, creds).map_err(auth_error)?;
+        // The Type 1 went out on the agent's latest connection, and the Type 3 must follow
+        // on it: bind to the certificate that connection presented.
+        let end_point = self.cert_slot.latest();
+        let connections = self.cert_slot.connections();
+        let application_data = end_point.as_ref().map(|e| e.application_data());
+        if let Some(end_point) = &end_point {
+            log::debug!(
+                "{url}: NTLM with channel binding (tls-server-end-point, {})",
+                end_point.hash_name()
+            );
+        }
+        let authenticate =
+            ntlm::authenticate_header(&challenge, creds, application_data.as_deref())
+                .map_err(auth_error)?;
         let reply = self.send(anchor_mailbox, body, Some(&authenticate))?;
         if reply.status == 401 {
+            let reconnected = if self.cert_slot.connections() != connections {
+                "; the connection was replaced between the handshake legs"
+            } else {
+                ""
+            };
+            let causes = if end_point.is_some() {
+                "wrong password, locked or disabled account, NTLM blocked, or the channel \
+                 binding refused by Extended Protection"
+            } else {
+                "wrong password, locked or disabled account, or NTLM blocked"
+            };
             return Err(auth_error(format!(
-                "the server rejected the credentials of {} (wrong password, locked or \
-                 disabled account, or NTLM blocked): {}",
+                "the server rejected the credentials of {} ({causes}){reconnected}: {}",
                 creds.display_name(),
                 excerpt(&reply.body)
             )));
@@ -147,10 +183,7 @@ impl Transport {
         if let Some(value) = authorization {
             request = request.header("Authorization", value);
         }
-        let transport_error = |err: ureq::Error| Error::Transport {
-            url: self.url.clone(),
-            detail: err.to_string(),
-        };
+        let transport_error = |err: ureq::Error| request_error(&self.url, err);
         let mut response = request.send(body).map_err(transport_error)?;
         let status = response.status().as_u16();
         let challenges = if status == 401 {
@@ -203,6 +236,28 @@ impl Transport {
                 retry_after: None,
             }),
         }
+    }
+}
+
+/// A request that got no response. An untrusted server certificate is an authentication
+/// failure of the server: retrying cannot fix it, the operator must.
+fn request_error(url: &str, err: ureq::Error) -> Error {
+    match err {
+        ureq::Error::Other(inner) => match inner.downcast_ref::<TlsHandshakeError>() {
+            Some(tls) if tls.is_untrusted() => Error::Auth {
+                url: url.to_owned(),
+                detail: tls.to_string(),
+            },
+            // Our own errors read better without ureq's "other: " prefix.
+            _ => Error::Transport {
+                url: url.to_owned(),
+                detail: inner.to_string(),
+            },
+        },
+        err => Error::Transport {
+            url: url.to_owned(),
+            detail: err.to_string(),
+        },
     }
 }
 

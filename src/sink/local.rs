@@ -32,44 +32,78 @@ impl LocalSink {
     }
 
     fn state_path(&self, bucket: &Bucket, mailbox: &str) -> PathBuf {
-        self.root
-            .join("state")
-            .join(&bucket.owner)
-            .join(&bucket.name)
-            .join(format!("{}.json", mailbox_segment(mailbox)))
+        self.root.join(state_name(bucket, mailbox))
     }
+}
 
-    fn data_path(&self, bucket: &Bucket, mailbox: &str, batch: &EncodedBatch) -> PathBuf {
-        let mut ids = Vec::with_capacity(batch.ids.iter().map(|i| i.len() + 1).sum());
-        for id in &batch.ids {
-            ids.extend_from_slice(id.as_bytes());
-            ids.push(0);
-        }
-        let digest = openssl::sha::sha256(&ids);
-        let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let (month, stamp) = match batch.first_received {
-            Some(t) => (
-                format!("{:04}-{:02}", t.year(), t.month() as u8),
-                format!(
-                    "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-                    t.year(),
-                    t.month() as u8,
-                    t.day(),
-                    t.hour(),
-                    t.minute(),
-                    t.second()
-                ),
-            ),
-            None => ("undated".to_owned(), "undated".to_owned()),
-        };
-        self.root
-            .join("data")
-            .join(&bucket.owner)
-            .join(&bucket.name)
-            .join(mailbox_segment(mailbox))
-            .join(month)
-            .join(format!("{stamp}-{hash}.jsonl"))
+/// Where the state of `mailbox` lives, relative to the prefix, `/`-separated. The Azure sink
+/// names its blobs the same way.
+pub(crate) fn state_name(bucket: &Bucket, mailbox: &str) -> String {
+    format!(
+        "state/{}/{}/{}.json",
+        bucket.owner,
+        bucket.name,
+        mailbox_segment(mailbox)
+    )
+}
+
+/// Where the file of `batch` lives, relative to the prefix, `/`-separated.
+pub(crate) fn data_name(bucket: &Bucket, mailbox: &str, batch: &EncodedBatch) -> String {
+    let mut ids = Vec::with_capacity(batch.ids.iter().map(|i| i.len() + 1).sum());
+    for id in &batch.ids {
+        ids.extend_from_slice(id.as_bytes());
+        ids.push(0);
     }
+    let digest = openssl::sha::sha256(&ids);
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let (month, stamp) = match batch.first_received {
+        Some(t) => (
+            format!("{:04}-{:02}", t.year(), t.month() as u8),
+            format!(
+                "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+                t.year(),
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+        ),
+        None => ("undated".to_owned(), "undated".to_owned()),
+    };
+    format!(
+        "data/{}/{}/{}/{month}/{stamp}-{hash}.jsonl",
+        bucket.owner,
+        bucket.name,
+        mailbox_segment(mailbox)
+    )
+}
+
+/// Where the remote configuration `owner`/`key` lives, relative to the prefix; checks that
+/// both are path-safe.
+pub(crate) fn config_name(owner: &str, key: &str) -> Result<String, Error> {
+    check_config_segment("--remote-config-owner", owner)?;
+    check_config_segment("--remote-config-key", key)?;
+    Ok(format!("config/{owner}/{key}.json"))
+}
+
+/// A batch as file content: one document per line.
+pub(crate) fn encode_batch(batch: &EncodedBatch) -> Vec<u8> {
+    let mut contents = Vec::with_capacity(batch.bytes() + batch.docs.len());
+    for doc in &batch.docs {
+        contents.extend_from_slice(doc);
+        contents.push(b'\n');
+    }
+    contents
+}
+
+/// A state as file content: pretty JSON and a final newline.
+pub(crate) fn encode_state(state: &MailboxState) -> Result<Vec<u8>, Error> {
+    let mut json = serde_json::to_vec_pretty(state).map_err(|err| Error::Invalid {
+        detail: format!("cannot encode state: {err}"),
+    })?;
+    json.push(b'\n');
+    Ok(json)
 }
 
 fn read_error(path: &Path, err: io::Error) -> Error {
@@ -93,12 +127,8 @@ impl Sink for LocalSink {
         if batch.docs.is_empty() {
             return Ok(PutReport::default());
         }
-        let mut contents = Vec::with_capacity(batch.bytes() + batch.docs.len());
-        for doc in &batch.docs {
-            contents.extend_from_slice(doc);
-            contents.push(b'\n');
-        }
-        write_atomically(&self.data_path(bucket, mailbox, batch), &contents)?;
+        let path = self.root.join(data_name(bucket, mailbox, batch));
+        write_atomically(&path, &encode_batch(batch))?;
         Ok(PutReport::default())
     }
 
@@ -118,22 +148,13 @@ impl Sink for LocalSink {
     }
 
     fn save_state(&self, bucket: &Bucket, state: &MailboxState) -> Result<(), Error> {
-        let mut json = serde_json::to_vec_pretty(state).map_err(|err| Error::Invalid {
-            detail: format!("cannot encode state: {err}"),
-        })?;
-        json.push(b'\n');
+        let json = encode_state(state)?;
         write_atomically(&self.state_path(bucket, &state.mailbox), &json)?;
         Ok(())
     }
 
     fn read_config(&self, owner: &str, key: &str) -> Result<Vec<u8>, Error> {
-        check_config_segment("--remote-config-owner", owner)?;
-        check_config_segment("--remote-config-key", key)?;
-        let path = self
-            .root
-            .join("config")
-            .join(owner)
-            .join(format!("{key}.json"));
+        let path = self.root.join(config_name(owner, key)?);
         fs::read(&path).map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => Error::NotFound {
                 what: format!("remote configuration {}", path.display()),

@@ -1,7 +1,10 @@
 //! Integration tests: the exchange-sync binary against the loopback fake Exchange, a real
 //! NTLM acceptor (pyspnego), and the local-files sink.
 
+mod azure;
+mod hard_servers;
 mod support;
+mod tls;
 
 use std::time::Duration;
 
@@ -489,5 +492,70 @@ fn shards_split_mailboxes_without_overlap() {
     let mut all = addresses(&fake);
     all.sort();
     assert_eq!(seen, all, "every mailbox synced by exactly one shard");
+    assert_exact_copy(&fake.data(), &prefix);
+}
+
+#[test]
+fn config_edits_apply_without_a_restart_and_bad_edits_are_rejected() {
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(2, 30)), Options::default()).unwrap();
+    let all = addresses(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config(&fake.url(), &all[..1], json!({})));
+    let prefix = dir.path().join("sink");
+    let mut child = command(&path, &prefix, &["--debug-level", "0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mailboxes_with_docs = |prefix: &std::path::Path| -> std::collections::HashSet<String> {
+        read_docs(prefix)
+            .iter()
+            .map(|(_, d)| d["mailbox"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait_until(Duration::from_secs(60), "the first mailbox", || {
+        mailboxes_with_docs(&prefix).len() == 1
+    });
+
+    // A broken edit is rejected; the running configuration keeps working.
+    std::fs::write(&path, b"{ not json").unwrap();
+    // Then a valid edit adds the second mailbox.
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = crossbeam_channel::unbounded();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let line = lines_rx.recv_deadline(deadline).unwrap_or_else(|_| {
+            panic!("the broken edit was not reported; stderr so far: {seen:#?}")
+        });
+        if line.contains("rejected, keeping the running one") {
+            break;
+        }
+        seen.push(line);
+    }
+    write_config(dir.path(), &config(&fake.url(), &all, json!({})));
+    let total: usize = fake.data().mailboxes.iter().map(|m| m.synced_items().count()).sum();
+    wait_until(Duration::from_secs(60), "every email of the added mailbox", || {
+        read_docs(&prefix).len() == total
+    });
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    reader.join().unwrap();
     assert_exact_copy(&fake.data(), &prefix);
 }

@@ -262,6 +262,31 @@ pub struct NtlmProxy {
 
 impl NtlmProxy {
     pub fn start(upstream: &str) -> NtlmProxy {
+        Self::spawn(upstream, &[])
+    }
+
+    /// The acceptor serving HTTPS with the given PEM certificate and key; with `require_cbt`
+    /// it insists on tls-server-end-point channel bindings (Extended Protection). Its
+    /// `/__stats` is then HTTPS too.
+    pub fn start_tls(
+        upstream: &str,
+        cert_pem_path: &Path,
+        key_pem_path: &Path,
+        require_cbt: bool,
+    ) -> NtlmProxy {
+        let mut args = vec![
+            std::ffi::OsString::from("--tls-cert"),
+            cert_pem_path.into(),
+            "--tls-key".into(),
+            key_pem_path.into(),
+        ];
+        if require_cbt {
+            args.push("--require-cbt".into());
+        }
+        Self::spawn(upstream, &args)
+    }
+
+    fn spawn(upstream: &str, extra_args: &[std::ffi::OsString]) -> NtlmProxy {
         let dir = tempfile::tempdir().unwrap();
         let users = dir.path().join("ntlm.users");
         std::fs::write(
@@ -277,6 +302,7 @@ impl NtlmProxy {
             .arg(base)
             .arg("--users-file")
             .arg(&users)
+            .args(extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -29,6 +29,8 @@ pub(crate) struct HttpRequest {
     pub peer: SocketAddr,
     /// When the request head had been read.
     pub arrived: Instant,
+    /// Requests in flight on the server right after this one was read, itself included.
+    pub in_flight: usize,
 }
 
 impl HttpRequest {
@@ -353,6 +355,7 @@ fn read_request(
             conn_id,
             peer,
             arrived,
+            in_flight: 0,
         }),
         keep_alive,
         version == "HTTP/1.1",
@@ -465,6 +468,8 @@ fn connection<H: Handler>(
         let counters = &shared.counters;
         let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let mut req = req;
+        req.in_flight = now;
         let latency = handler.latency();
         if !latency.is_zero() {
             std::thread::sleep(latency);
@@ -481,6 +486,9 @@ fn connection<H: Handler>(
         } else {
             None
         };
+        // The request stops counting before its answer is written: a client that sends its
+        // next request only after reading this answer must never be seen with both in flight.
+        counters.in_flight.fetch_sub(1, Ordering::SeqCst);
         let keep = match reply {
             Some(Reply::Respond(r)) => {
                 let ok = write_response(&mut writer, &r, keep_alive, http11).is_ok();
@@ -488,7 +496,6 @@ fn connection<H: Handler>(
             }
             Some(Reply::Drop) | None => false,
         };
-        counters.in_flight.fetch_sub(1, Ordering::SeqCst);
         if !keep {
             break;
         }

@@ -1,12 +1,14 @@
 //! Executing parsed EWS operations (GetFolder, FindFolder, FindItem, GetItem) against the
 //! store: mailbox resolution (delegate, impersonation, implicit via ids), paging, restriction,
-//! sorting and the response messages, including per-message errors.
+//! sorting and the response messages, including per-message errors (real ones and the
+//! injected GetItem faults of [`Fault`]).
 
 use crate::ids;
 use crate::model::FolderKind;
 use crate::render::{self, FolderView, ItemContext, Wanted};
 use crate::request::{Expr, FolderRef, ItemRef, Op, Paging, Request, Shape, SortKey, Traversal};
 use crate::restriction;
+use crate::server::Fault;
 use crate::store::{Store, Target};
 use crate::xml::{self, FaultDetail, MsgError, SoapFault, Xml};
 
@@ -24,11 +26,13 @@ pub enum AccessStyle {
 }
 
 /// What the caller is allowed to do, decided by the server before executing.
-pub(crate) struct Caller {
+pub(crate) struct Caller<'a> {
     /// Mailbox of the authenticated account, if it has one.
     pub own_mailbox: Option<usize>,
     pub illegal_char_refs: bool,
     pub max_find_page: usize,
+    /// Injected faults; the item-level ones are applied here.
+    pub fault: &'a Fault,
 }
 
 /// Result of executing one request.
@@ -36,15 +40,43 @@ pub(crate) struct Outcome {
     pub xml: String,
     pub style: Option<AccessStyle>,
     pub mailbox: Option<String>,
+    /// `code: why` of every injected per-message error in the response.
+    pub injected: Vec<String>,
 }
 
 struct Exec<'a> {
     store: &'a Store,
     impersonated: Option<usize>,
-    caller: &'a Caller,
+    caller: &'a Caller<'a>,
     millis: bool,
     style: Option<AccessStyle>,
     mailbox: Option<usize>,
+    injected: Vec<String>,
+}
+
+/// For answering without executing: the operation's name, what its error messages carry after
+/// the codes (`<m:Items/>` for GetItem), and how many messages it gets (one per id or folder).
+fn op_shape(op: &Op) -> (&'static str, &'static str, usize) {
+    match op {
+        Op::GetFolder { ids, .. } => ("GetFolder", "<m:Folders/>", ids.len()),
+        Op::FindFolder { parents, .. } => ("FindFolder", "", parents.len()),
+        Op::FindItem { parents, .. } => ("FindItem", "", parents.len()),
+        Op::GetItem { ids, .. } => ("GetItem", "<m:Items/>", ids.len()),
+    }
+}
+
+/// A complete HTTP 200 response in which every message (one per requested id or parent
+/// folder, as the server would answer) is `err`: request-level trouble such as throttling
+/// that Exchange reports inside the response instead of as a fault.
+pub(crate) fn error_response(req: &Request, err: &MsgError) -> String {
+    let (op, trailer, count) = op_shape(&req.op);
+    let mut x = Xml::new(false);
+    xml::response_start(&mut x, op);
+    for _ in 0..count {
+        xml::error_message(&mut x, op, err, trailer);
+    }
+    xml::response_end(&mut x, op);
+    x.finish()
 }
 
 pub(crate) fn execute(store: &Store, req: &Request, caller: &Caller) -> Result<Outcome, SoapFault> {
@@ -84,6 +116,7 @@ pub(crate) fn execute(store: &Store, req: &Request, caller: &Caller) -> Result<O
         millis: req.precision_ms,
         style: impersonated.map(|_| AccessStyle::Impersonation),
         mailbox: impersonated,
+        injected: Vec::new(),
     };
     let xml = match &req.op {
         Op::GetFolder { shape, ids } => exec.get_folder(shape, ids),
@@ -117,6 +150,7 @@ pub(crate) fn execute(store: &Store, req: &Request, caller: &Caller) -> Result<O
         mailbox: exec
             .mailbox
             .map(|mb| store.data.mailboxes[mb].address.clone()),
+        injected: exec.injected,
     })
 }
 
@@ -518,7 +552,27 @@ impl Exec<'_> {
     fn get_item(&mut self, shape: &Shape, refs: &[ItemRef]) -> String {
         let mut x = Xml::new(self.caller.illegal_char_refs);
         let wanted = Wanted::item(shape, true);
+        let fault = self.caller.fault;
         xml::response_start(&mut x, "GetItem");
+        if let Some(limit) = fault.timeout_above_batch
+            && refs.len() > limit
+        {
+            // The batch ran out of time: every message fails, nothing is served.
+            for _ in refs {
+                xml::error_message(
+                    &mut x,
+                    "GetItem",
+                    &MsgError::timeout_expired(),
+                    "<m:Items/>",
+                );
+            }
+            self.injected.push(format!(
+                "ErrorTimeoutExpired: GetItem of {} items (timeout_above_batch {limit})",
+                refs.len()
+            ));
+            xml::response_end(&mut x, "GetItem");
+            return x.finish();
+        }
         for r in refs {
             let found = match r {
                 ItemRef::Other => Err(MsgError::item_not_found()),
@@ -537,6 +591,29 @@ impl Exec<'_> {
                     None => Err(MsgError::id_malformed()),
                 },
             };
+            let found = found.and_then(|(mb, item)| {
+                let injected = if fault.vanish_on_get.contains(&item.id) {
+                    Some((MsgError::item_not_found(), "vanish_on_get"))
+                } else if wanted.mime && fault.corrupt_always.contains(&item.id) {
+                    Some((MsgError::mime_conversion_failed(), "corrupt_always"))
+                } else if refs.len() > 1 && fault.corrupt_in_batch.contains(&item.id) {
+                    Some((MsgError::item_corrupt(), "corrupt_in_batch"))
+                } else {
+                    None
+                };
+                match injected {
+                    Some((err, why)) => {
+                        self.injected.push(format!(
+                            "{}: {why} {} (batch of {})",
+                            err.code,
+                            item.id,
+                            refs.len()
+                        ));
+                        Err(err)
+                    }
+                    None => Ok((mb, item)),
+                }
+            });
             match found {
                 Ok((mb, item)) => {
                     xml::success_start(&mut x, "GetItem");

@@ -1,5 +1,7 @@
 //! The fake server: options, fault injection, statistics, NTLM connection authentication, and
-//! the request pipeline (path → auth → injected faults → SOAP parse → operation → response).
+//! the request pipeline (path → auth → injected HTTP-level faults → SOAP parse → version check
+//! → injected message-level faults → operation (with item-level faults) → response, cut short
+//! when a truncated response is due).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,9 +15,10 @@ use crate::http::{Counters, Handler, HttpRequest, HttpResponse, HttpServer, Repl
 use crate::model::{DataSet, Item};
 use crate::ntlm::{self, Challenge};
 use crate::ops::{self, AccessStyle, Caller};
-use crate::request;
+use crate::request::{self, Op};
+use crate::schema::SERVER_VERSIONS;
 use crate::store::{self, Store, Target};
-use crate::xml::SoapFault;
+use crate::xml::{MsgError, SoapFault};
 
 /// The account NTLM accepts.
 #[derive(Clone, Debug)]
@@ -48,13 +51,18 @@ impl Default for Options {
     }
 }
 
-/// Fault injection. "Every Nth" counts requests that passed authentication, from the last
-/// [`FakeExchange::set_fault`] call; when several hit the same request, drop wins over 503 over
-/// busy.
+/// Fault injection, everything off by default. "Every Nth" counts requests that passed
+/// authentication, from the last [`FakeExchange::set_fault`] call. When several faults hit the
+/// same request the first of this list wins: drop, HTTP 503, HTML 500,
+/// ErrorExceededConnectionCount, ErrorServerBusy fault, truncated response, ErrorServerBusy
+/// message, inner ErrorServerBusy message. After parsing, an unsupported RequestServerVersion
+/// fault comes before the message-level faults; the item-level faults (vanish, corrupt,
+/// timeout) apply to GetItem requests that got this far.
 #[derive(Clone, Debug, Default)]
 pub struct Fault {
     /// HTTP 500 + SOAP fault ErrorServerBusy with `BackOffMilliseconds` = `busy_back_off_ms`.
     pub busy_every_nth: Option<u32>,
+    /// The back-off of every kind of ErrorServerBusy.
     pub busy_back_off_ms: u64,
     /// Close the connection without answering.
     pub drop_every_nth: Option<u32>,
@@ -63,6 +71,39 @@ pub struct Fault {
     pub illegal_char_refs: bool,
     /// HTTP 503 with `Retry-After: 1` (and `Connection: close`, like HTTP.sys).
     pub http_503_every_nth: Option<u32>,
+    /// Item ids that FindItem still lists but GetItem answers with a per-message
+    /// ErrorItemNotFound: deleted between the listing and the fetch.
+    pub vanish_on_get: Vec<String>,
+    /// Item ids whose message is ErrorItemCorrupt when fetched together with other items (the
+    /// others succeed); a GetItem of that item alone succeeds.
+    pub corrupt_in_batch: Vec<String>,
+    /// Item ids whose MIME cannot be produced: ErrorMimeContentConversionFailed whenever a
+    /// GetItem asks for their MIME content, alone or in a batch.
+    pub corrupt_always: Vec<String>,
+    /// The next N SOAP responses are cut in the middle of the body and sent with the
+    /// Content-Length of the cut body (status unchanged, so HTTP 200 for a normal answer), as a
+    /// proxy truncating a response would.
+    pub malformed_responses: u32,
+    /// A GetItem with more than N ItemIds answers every message with ErrorTimeoutExpired
+    /// (ResponseClass Error, HTTP 200), as Exchange does when a batch runs out of time.
+    pub timeout_above_batch: Option<usize>,
+    /// Requests whose RequestServerVersion is newer than this (Exchange2007 < Exchange2007_SP1
+    /// < Exchange2010 < Exchange2010_SP1 < Exchange2010_SP2 < Exchange2013 < Exchange2013_SP1 <
+    /// Exchange2015 < Exchange2016) get the SOAP fault ErrorInvalidServerVersion (HTTP 500).
+    pub newest_server_version: Option<String>,
+    /// A request that arrives while N others are in flight (read, not yet answered; simulated
+    /// latency and NTLM legs count, refused requests too until answered) gets the SOAP fault
+    /// ErrorExceededConnectionCount (HTTP 500, Policy MaxConcurrency, MaxConcurrencyLimit N).
+    pub max_connections: Option<usize>,
+    /// HTTP 200 whose response messages (one per requested id or folder) are ErrorServerBusy
+    /// with `m:MessageXml/t:Value Name="BackOffMilliseconds"` = `busy_back_off_ms`.
+    pub busy_in_message_every_nth: Option<u32>,
+    /// HTTP 200 whose response messages are ErrorInternalServerError with
+    /// InnerErrorResponseCode ErrorServerBusy and BackOffMilliseconds = `busy_back_off_ms`.
+    pub inner_busy_every_nth: Option<u32>,
+    /// HTTP 500 with ASP.NET's HTML error page ("Server Error in '/EWS' Application."), as IIS
+    /// answers when EWS itself falls over under load.
+    pub html_500_every_nth: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,8 +144,14 @@ pub struct AccessRecord {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackOffKind {
+    /// SOAP fault ErrorServerBusy (HTTP 500), `BackOffMilliseconds` in the fault detail.
     ServerBusy,
+    /// HTTP 503 with `Retry-After`.
     Http503,
+    /// ErrorServerBusy response messages (HTTP 200), `BackOffMilliseconds` in `m:MessageXml`.
+    ServerBusyInMessage,
+    /// ErrorInternalServerError messages (HTTP 200) with inner code ErrorServerBusy.
+    InnerServerBusy,
 }
 
 /// A response that told the client to wait.
@@ -124,7 +171,14 @@ pub struct Arrival {
     pub at: Instant,
     pub conn_id: u64,
     pub peer_port: u16,
+    /// Requests in flight on the server when this one arrived, itself included.
+    pub in_flight: usize,
 }
+
+/// A request on another connection that arrives this soon after a back-off was demanded is not
+/// a violation: the client's other threads may have sent it before the answer that demanded
+/// the pause was read. (On the connection that got the answer nothing is excused.)
+pub const BACK_OFF_GRACE: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -145,7 +199,15 @@ pub struct Stats {
     pub arrivals: Vec<Arrival>,
     /// `code: reason` of every SOAP fault the server sent.
     pub faults: Vec<String>,
+    /// `code: reason` of every injected per-message error (HTTP 200) the server sent.
+    pub message_errors: Vec<String>,
     pub dropped_connections: u64,
+    /// Number of ItemIds of every GetItem that parsed, in arrival order at the handler.
+    pub get_item_batch_sizes: Vec<usize>,
+    /// Responses cut short by [`Fault::malformed_responses`].
+    pub truncated_responses: u64,
+    /// HTML error pages sent by [`Fault::html_500_every_nth`].
+    pub html_500s: u64,
 }
 
 impl Stats {
@@ -154,17 +216,38 @@ impl Stats {
     }
 
     /// Requests that arrived while a back-off the server had demanded was still running
-    /// (after it was sent, before `sent_at + wait`), on any connection.
+    /// (after it was sent, before `sent_at + wait`). A back-off demanded on one connection
+    /// applies to every connection (a client's pause covers all its threads); only requests
+    /// on other connections within [`BACK_OFF_GRACE`] of the demand are excused.
     pub fn back_off_violations(&self) -> Vec<(BackOff, Arrival)> {
         let mut out = Vec::new();
         for b in &self.back_offs {
+            let end = b.sent_at + b.wait;
             for a in &self.arrivals {
-                if a.at > b.sent_at && a.at < b.sent_at + b.wait {
+                let during = a.at > b.sent_at && a.at < end;
+                let excused = a.conn_id != b.conn_id && a.at < b.sent_at + BACK_OFF_GRACE;
+                if during && !excused {
                     out.push((b.clone(), a.clone()));
                 }
             }
         }
         out
+    }
+
+    /// How many SOAP faults with this code the server sent.
+    pub fn fault_count(&self, code: &str) -> usize {
+        self.faults
+            .iter()
+            .filter(|f| f.split(':').next() == Some(code))
+            .count()
+    }
+
+    /// How many injected per-message errors with this code the server sent.
+    pub fn message_error_count(&self, code: &str) -> usize {
+        self.message_errors
+            .iter()
+            .filter(|f| f.split(':').next() == Some(code))
+            .count()
     }
 }
 
@@ -184,10 +267,36 @@ struct ConnAuth {
     user: Option<String>,
 }
 
+/// The fault settings and the counters they run on.
+#[derive(Default)]
+struct FaultState {
+    fault: Arc<Fault>,
+    /// Requests counted for the "every Nth" faults.
+    requests: u64,
+    /// Truncated responses still to send.
+    malformed_left: u32,
+}
+
+/// A per-message error decided before parsing, applied once the operation is known.
+#[derive(Clone, Copy)]
+enum MessageFault {
+    Busy(u64),
+    InnerBusy(u64),
+}
+
+/// What the fault settings decided for one request.
+struct Plan {
+    fault: Arc<Fault>,
+    /// Answer this instead of processing the request.
+    reply: Option<Reply>,
+    message_fault: Option<MessageFault>,
+    truncate: bool,
+}
+
 struct Inner {
     store: RwLock<Store>,
     options: Options,
-    fault: Mutex<(Fault, u64)>,
+    fault: Mutex<FaultState>,
     stats: Mutex<Stats>,
     auth: Mutex<HashMap<u64, ConnAuth>>,
     counters: Arc<Counters>,
@@ -221,7 +330,7 @@ impl FakeExchange {
         let inner = Arc::new(Inner {
             store: RwLock::new(Store::new(data)),
             options,
-            fault: Mutex::new((Fault::default(), 0)),
+            fault: Mutex::new(FaultState::default()),
             stats: Mutex::new(Stats::default()),
             auth: Mutex::new(HashMap::new()),
             counters: Arc::clone(&counters),
@@ -289,9 +398,20 @@ impl FakeExchange {
             .store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Replace the fault injection settings and restart the request count.
+    /// Replace the fault injection settings and restart the request count (and the count of
+    /// truncated responses still due). Panics on an unknown `newest_server_version`.
     pub fn set_fault(&self, fault: Fault) {
-        *lock(&self.inner.fault) = (fault, 0);
+        if let Some(v) = &fault.newest_server_version {
+            assert!(
+                SERVER_VERSIONS.contains(&v.as_str()),
+                "newest_server_version {v:?} is not one of {SERVER_VERSIONS:?}"
+            );
+        }
+        *lock(&self.inner.fault) = FaultState {
+            malformed_left: fault.malformed_responses,
+            fault: Arc::new(fault),
+            requests: 0,
+        };
     }
 
     fn read_store(&self) -> std::sync::RwLockReadGuard<'_, Store> {
@@ -325,6 +445,38 @@ fn html(status: u16, title: &str, text: &str) -> HttpResponse {
         chunked: false,
         close: false,
     }
+}
+
+/// ASP.NET's runtime error page, as IIS serves it when the EWS application fails under load.
+fn aspnet_error_500() -> HttpResponse {
+    let body = concat!(
+        "<!DOCTYPE html>\r\n<html>\r\n    <head>\r\n        <title>Runtime Error</title>\r\n",
+        "        <meta name=\"viewport\" content=\"width=device-width\" />\r\n    </head>\r\n\r\n",
+        "    <body bgcolor=\"white\">\r\n\r\n",
+        "            <span><H1>Server Error in '/EWS' Application.<hr width=100% size=1 color=silver></H1>\r\n\r\n",
+        "            <h2> <i>Runtime Error</i> </h2></span>\r\n\r\n",
+        "            <font face=\"Arial, Helvetica, Geneva, SunSans-Regular, sans-serif \">\r\n\r\n",
+        "            <b> Description: </b>An application error occurred on the server. The current custom error settings for this application prevent the details of the application error from being viewed remotely (for security reasons).\r\n",
+        "            <br><br>\r\n\r\n    </body>\r\n</html>\r\n"
+    );
+    HttpResponse {
+        status: 500,
+        headers: vec![
+            ("Cache-Control".into(), "private".into()),
+            ("Content-Type".into(), "text/html; charset=utf-8".into()),
+            ("Server".into(), "Microsoft-IIS/10.0".into()),
+            ("X-AspNet-Version".into(), "4.0.30319".into()),
+            ("X-Powered-By".into(), "ASP.NET".into()),
+        ],
+        body: body.as_bytes().to_vec(),
+        chunked: false,
+        close: false,
+    }
+}
+
+/// Position of a RequestServerVersion value in release order.
+fn version_rank(version: &str) -> Option<usize> {
+    SERVER_VERSIONS.iter().position(|v| *v == version)
 }
 
 fn parse_authorization(value: &str) -> Option<(&'static str, Vec<u8>)> {
@@ -553,19 +705,27 @@ impl Inner {
         );
     }
 
-    /// The injected fault for this request, if any; also returns the illegal-refs flag.
-    fn injected(&self, req: &HttpRequest, authenticated: bool) -> (Option<Reply>, bool) {
-        let (fault, n) = {
-            let mut f = lock(&self.fault);
-            f.1 += 1;
-            (f.0.clone(), f.1)
+    /// What the fault settings decide for this request (counts it for "every Nth").
+    fn injected(&self, req: &HttpRequest, authenticated: bool) -> Plan {
+        let mut state = lock(&self.fault);
+        state.requests += 1;
+        let n = state.requests;
+        let fault = Arc::clone(&state.fault);
+        let hit = |nth: Option<u32>| nth.is_some_and(|k| k > 0 && n.is_multiple_of(u64::from(k)));
+        let mut plan = Plan {
+            fault: Arc::clone(&fault),
+            reply: None,
+            message_fault: None,
+            truncate: false,
         };
-        let hit = |nth: Option<u32>| nth.is_some_and(|k| k > 0 && n % u64::from(k) == 0);
         if hit(fault.drop_every_nth) {
+            drop(state);
             self.stats().dropped_connections += 1;
-            return (Some(Reply::Drop), fault.illegal_char_refs);
+            plan.reply = Some(Reply::Drop);
+            return plan;
         }
         if hit(fault.http_503_every_nth) {
+            drop(state);
             let r = HttpResponse {
                 status: 503,
                 headers: vec![
@@ -578,9 +738,30 @@ impl Inner {
                 close: true,
             };
             self.record_back_off(req, BackOffKind::Http503, Duration::from_secs(1));
-            return (Some(Reply::Respond(r)), fault.illegal_char_refs);
+            plan.reply = Some(Reply::Respond(r));
+            return plan;
+        }
+        if hit(fault.html_500_every_nth) {
+            drop(state);
+            self.stats().html_500s += 1;
+            plan.reply = Some(Reply::Respond(aspnet_error_500()));
+            return plan;
+        }
+        // Admission is judged as the request arrived (before any simulated latency): the one
+        // that made the count exceed the limit is refused, the earlier ones go on.
+        if let Some(limit) = fault.max_connections {
+            let in_flight = req.in_flight;
+            if in_flight > limit {
+                drop(state);
+                let f = SoapFault::exceeded_connection_count(limit).with_note(format!(
+                    "{in_flight} requests in flight, max_connections {limit}"
+                ));
+                plan.reply = Some(self.fault_reply(req, &f, authenticated));
+                return plan;
+            }
         }
         if hit(fault.busy_every_nth) {
+            drop(state);
             let f = SoapFault::server_busy(fault.busy_back_off_ms)
                 .with_note("injected ErrorServerBusy");
             self.record_back_off(
@@ -588,12 +769,49 @@ impl Inner {
                 BackOffKind::ServerBusy,
                 Duration::from_millis(fault.busy_back_off_ms),
             );
-            return (
-                Some(self.fault_reply(req, &f, authenticated)),
-                fault.illegal_char_refs,
-            );
+            plan.reply = Some(self.fault_reply(req, &f, authenticated));
+            return plan;
         }
-        (None, fault.illegal_char_refs)
+        if state.malformed_left > 0 {
+            state.malformed_left -= 1;
+            plan.truncate = true;
+            return plan;
+        }
+        if hit(fault.busy_in_message_every_nth) {
+            plan.message_fault = Some(MessageFault::Busy(fault.busy_back_off_ms));
+        } else if hit(fault.inner_busy_every_nth) {
+            plan.message_fault = Some(MessageFault::InnerBusy(fault.busy_back_off_ms));
+        }
+        plan
+    }
+
+    /// The whole response as per-message errors: message-level throttling.
+    fn message_fault_reply(
+        &self,
+        req: &HttpRequest,
+        parsed: &request::Request,
+        fault: MessageFault,
+        authenticated: bool,
+    ) -> Reply {
+        let (err, kind, ms) = match fault {
+            MessageFault::Busy(ms) => (
+                MsgError::server_busy(ms),
+                BackOffKind::ServerBusyInMessage,
+                ms,
+            ),
+            MessageFault::InnerBusy(ms) => (
+                MsgError::inner_server_busy(ms),
+                BackOffKind::InnerServerBusy,
+                ms,
+            ),
+        };
+        let xml = crate::ops::error_response(parsed, &err);
+        push_capped(
+            &mut self.stats().message_errors,
+            format!("{}: injected {kind:?}", err.code),
+        );
+        self.record_back_off(req, kind, Duration::from_millis(ms));
+        self.soap_response(req, 200, xml, authenticated)
     }
 
     fn own_mailbox(&self, store: &Store, user: Option<&str>) -> Option<usize> {
@@ -627,6 +845,7 @@ impl Handler for Inner {
                     at: req.arrived,
                     conn_id: req.conn_id,
                     peer_port: req.peer.port(),
+                    in_flight: req.in_flight,
                 },
             );
         }
@@ -646,10 +865,31 @@ impl Handler for Inner {
             None => None,
         };
         let authenticated = user.is_some();
-        let (injected, illegal_char_refs) = self.injected(req, authenticated);
-        if let Some(reply) = injected {
+        let plan = self.injected(req, authenticated);
+        if let Some(reply) = plan.reply {
             return reply;
         }
+        let reply = self.process(req, user.as_deref(), &plan);
+        if !plan.truncate {
+            return reply;
+        }
+        match reply {
+            Reply::Respond(mut r) => {
+                // Cut mid-body and announce the cut length, as a truncating proxy does.
+                r.body.truncate(r.body.len() / 2);
+                r.chunked = false;
+                self.stats().truncated_responses += 1;
+                Reply::Respond(r)
+            }
+            Reply::Drop => Reply::Drop,
+        }
+    }
+}
+
+impl Inner {
+    /// Everything after authentication and the HTTP-level faults.
+    fn process(&self, req: &HttpRequest, user: Option<&str>, plan: &Plan) -> Reply {
+        let authenticated = user.is_some();
         if req.method != "POST" {
             let mut r = html(
                 405,
@@ -686,39 +926,65 @@ impl Handler for Inner {
             Ok(r) => r,
             Err(fault) => return self.fault_reply(req, &fault, authenticated),
         };
+        if let Op::GetItem { ids, .. } = &parsed.op {
+            push_capped(&mut self.stats().get_item_batch_sizes, ids.len());
+        }
+        let record = |style: Option<AccessStyle>, mailbox: Option<String>| {
+            push_capped(
+                &mut self.stats().access,
+                AccessRecord {
+                    operation: operation.clone(),
+                    style,
+                    mailbox,
+                    anchor_mailbox: req.header("X-AnchorMailbox").map(str::to_string),
+                    server_version: parsed.version.clone(),
+                    conn_id: req.conn_id,
+                    peer_port: req.peer.port(),
+                },
+            )
+        };
+        let header_style = parsed
+            .impersonation
+            .as_ref()
+            .map(|_| AccessStyle::Impersonation);
+        if let Some(newest) = &plan.fault.newest_server_version
+            && version_rank(&parsed.version) > version_rank(newest)
+        {
+            record(header_style, None);
+            let f = SoapFault::invalid_server_version().with_note(format!(
+                "RequestServerVersion {} is newer than {newest}",
+                parsed.version
+            ));
+            return self.fault_reply(req, &f, authenticated);
+        }
+        if let Some(fault) = plan.message_fault {
+            record(header_style, None);
+            return self.message_fault_reply(req, &parsed, fault, authenticated);
+        }
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         let caller = Caller {
-            own_mailbox: self.own_mailbox(&store, user.as_deref()),
-            illegal_char_refs,
+            own_mailbox: self.own_mailbox(&store, user),
+            illegal_char_refs: plan.fault.illegal_char_refs,
             max_find_page: self.options.max_find_page.max(1),
+            fault: &plan.fault,
         };
         let outcome = ops::execute(&store, &parsed, &caller);
         drop(store);
-        let (style, mailbox) = match &outcome {
-            Ok(o) => (o.style, o.mailbox.clone()),
-            Err(_) => (
-                parsed
-                    .impersonation
-                    .as_ref()
-                    .map(|_| AccessStyle::Impersonation),
-                None,
-            ),
-        };
-        push_capped(
-            &mut self.stats().access,
-            AccessRecord {
-                operation,
-                style,
-                mailbox,
-                anchor_mailbox: req.header("X-AnchorMailbox").map(str::to_string),
-                server_version: parsed.version.clone(),
-                conn_id: req.conn_id,
-                peer_port: req.peer.port(),
-            },
-        );
         match outcome {
-            Ok(outcome) => self.soap_response(req, 200, outcome.xml, authenticated),
-            Err(fault) => self.fault_reply(req, &fault, authenticated),
+            Ok(outcome) => {
+                record(outcome.style, outcome.mailbox);
+                if !outcome.injected.is_empty() {
+                    let mut s = self.stats();
+                    for line in outcome.injected {
+                        push_capped(&mut s.message_errors, line);
+                    }
+                }
+                self.soap_response(req, 200, outcome.xml, authenticated)
+            }
+            Err(fault) => {
+                record(header_style, None);
+                self.fault_reply(req, &fault, authenticated)
+            }
         }
     }
 }

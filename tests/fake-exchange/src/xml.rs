@@ -189,6 +189,49 @@ impl MsgError {
             "When making a request as an account that does not have a mailbox, you must specify the mailbox primary SMTP address for any distinguished folder Ids.",
         )
     }
+    /// Message-level throttling (HTTP 200), as Exchange Online sends it: the wait is in
+    /// `m:MessageXml/t:Value[@Name="BackOffMilliseconds"]`.
+    pub(crate) fn server_busy(back_off_ms: u64) -> MsgError {
+        MsgError {
+            code: "ErrorServerBusy",
+            text: SERVER_BUSY_TEXT.to_string(),
+            xml: Some(values_xml(&[(
+                "BackOffMilliseconds",
+                &back_off_ms.to_string(),
+            )])),
+        }
+    }
+    /// The HTTP 200 form of throttling the throttling documentation describes: a generic
+    /// ErrorInternalServerError whose inner code is ErrorServerBusy (shape of exchangelib's
+    /// inner-error fixture), plus the back-off.
+    pub(crate) fn inner_server_busy(back_off_ms: u64) -> MsgError {
+        MsgError {
+            code: "ErrorInternalServerError",
+            text: "An internal server error occurred. The operation failed.".to_string(),
+            xml: Some(values_xml(&[
+                ("InnerErrorMessageText", SERVER_BUSY_TEXT),
+                ("InnerErrorResponseCode", "ErrorServerBusy"),
+                ("InnerErrorDescriptiveLinkKey", "0"),
+                ("BackOffMilliseconds", &back_off_ms.to_string()),
+            ])),
+        }
+    }
+    /// A batch that ran out of its execution time.
+    pub(crate) fn timeout_expired() -> MsgError {
+        MsgError::new(
+            "ErrorTimeoutExpired",
+            "The request timed out before the operation could be completed.",
+        )
+    }
+    pub(crate) fn item_corrupt() -> MsgError {
+        MsgError::new("ErrorItemCorrupt", "The item is corrupt.")
+    }
+    pub(crate) fn mime_conversion_failed() -> MsgError {
+        MsgError::new(
+            "ErrorMimeContentConversionFailed",
+            "The MIME content conversion failed.",
+        )
+    }
     pub(crate) fn invalid_property_request(field_uri: &str) -> MsgError {
         let mut x = Xml::new(false);
         x.empty("t:FieldURI", &[("FieldURI", field_uri)]);
@@ -198,6 +241,19 @@ impl MsgError {
             xml: Some(x.finish()),
         }
     }
+}
+
+const SERVER_BUSY_TEXT: &str = "The server cannot service this request right now. Try again later.";
+
+/// `<t:Value Name="..">..</t:Value>` entries, the content of a `MessageXml`.
+fn values_xml(values: &[(&str, &str)]) -> String {
+    let mut x = Xml::new(false);
+    for (name, value) in values {
+        x.open("t:Value", &[("Name", name)]);
+        x.text(value);
+        x.close("t:Value");
+    }
+    x.finish()
 }
 
 /// Write a complete error response message; `trailer` is e.g. `<m:Items/>` for GetItem.
@@ -275,17 +331,47 @@ impl SoapFault {
     }
 
     pub(crate) fn server_busy(back_off_ms: u64) -> SoapFault {
-        let text = "The server cannot service this request right now. Try again later.";
         SoapFault {
             code: "ErrorServerBusy",
-            faultstring: text.to_string(),
-            message: text.to_string(),
+            faultstring: SERVER_BUSY_TEXT.to_string(),
+            message: SERVER_BUSY_TEXT.to_string(),
             detail: FaultDetail::Values(vec![(
                 "BackOffMilliseconds".to_string(),
                 back_off_ms.to_string(),
             )]),
             note: None,
         }
+    }
+
+    /// More requests in flight than EWSMaxConcurrency allows (shape and values of the
+    /// Exchange Online fault in samples/ews/soap-fault-exceededconnectioncount.xml).
+    pub(crate) fn exceeded_connection_count(limit: usize) -> SoapFault {
+        let text = "You have exceeded the available concurrent connections for your account.  Try again once your other requests have completed.";
+        SoapFault {
+            code: "ErrorExceededConnectionCount",
+            faultstring: text.to_string(),
+            message: text.to_string(),
+            detail: FaultDetail::Values(vec![
+                ("Policy".to_string(), "MaxConcurrency".to_string()),
+                ("MaxConcurrencyLimit".to_string(), limit.to_string()),
+                (
+                    "ErrorMessage".to_string(),
+                    format!(
+                        "This operation exceeds the throttling budget for policy part 'MaxConcurrency', policy value '{limit}',  Budget type: 'Ews'.  Suggested backoff time 0 ms."
+                    ),
+                ),
+            ]),
+            note: None,
+        }
+    }
+
+    /// A RequestServerVersion the server does not support (header-level, so a fault). The
+    /// text is what exchangelib looks for in HTTP 500 bodies.
+    pub(crate) fn invalid_server_version() -> SoapFault {
+        SoapFault::simple(
+            "ErrorInvalidServerVersion",
+            "The specified server version is invalid.",
+        )
     }
 
     pub(crate) fn render(&self) -> String {

@@ -202,6 +202,20 @@ pub fn distinguished(id: &str, mailbox: Option<&str>) -> String {
     }
 }
 
+/// GetItem with MIME and the properties a sync client asks for.
+pub fn get_items(ids: &[&str]) -> String {
+    let ids: String = ids
+        .iter()
+        .map(|id| format!(r#"<t:ItemId Id="{id}"/>"#))
+        .collect();
+    envelope(
+        "",
+        &format!(
+            r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:IncludeMimeContent>true</t:IncludeMimeContent><t:AdditionalProperties><t:FieldURI FieldURI="item:ParentFolderId"/><t:FieldURI FieldURI="item:Subject"/><t:FieldURI FieldURI="item:DateTimeReceived"/><t:FieldURI FieldURI="item:Size"/><t:FieldURI FieldURI="item:HasAttachments"/><t:FieldURI FieldURI="item:Attachments"/><t:FieldURI FieldURI="item:ConversationId"/><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURI FieldURI="message:ConversationTopic"/></t:AdditionalProperties></m:ItemShape><m:ItemIds>{ids}</m:ItemIds></m:GetItem>"#
+        ),
+    )
+}
+
 /// POST on a fresh connection.
 pub fn post(server: &FakeExchange, xml: &str) -> Resp {
     Conn::open(addr(server)).soap(xml, &[])

@@ -186,19 +186,6 @@ fn server_caps_the_page_size() {
     );
 }
 
-fn get_items(ids: &[&str]) -> String {
-    let ids: String = ids
-        .iter()
-        .map(|id| format!(r#"<t:ItemId Id="{id}"/>"#))
-        .collect();
-    envelope(
-        "",
-        &format!(
-            r#"<m:GetItem><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:IncludeMimeContent>true</t:IncludeMimeContent><t:AdditionalProperties><t:FieldURI FieldURI="item:ParentFolderId"/><t:FieldURI FieldURI="item:Subject"/><t:FieldURI FieldURI="item:DateTimeReceived"/><t:FieldURI FieldURI="item:Size"/><t:FieldURI FieldURI="item:HasAttachments"/><t:FieldURI FieldURI="item:Attachments"/><t:FieldURI FieldURI="item:ConversationId"/><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURI FieldURI="message:ConversationTopic"/></t:AdditionalProperties></m:ItemShape><m:ItemIds>{ids}</m:ItemIds></m:GetItem>"#
-        ),
-    )
-}
-
 #[test]
 fn get_item_returns_exact_mime_and_errors_in_place() {
     let server = start(Options::default());
