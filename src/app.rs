@@ -16,7 +16,9 @@ use crate::exchange::transport::{Credentials, Transport};
 use crate::metrics::Metrics;
 use crate::shard::Shard;
 use crate::shutdown::StopFlag;
+use crate::secret::Secret;
 use crate::sink::local::LocalSink;
+use crate::sink::reinfer::ReinferSink;
 use crate::sink::{self, Sink};
 use crate::sync::state::{Cursor, MailboxState, STATE_VERSION};
 use crate::sync::{self, Outcome, Settings, Shared};
@@ -81,7 +83,7 @@ fn try_run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), AppErr
             cli.debug_level
         )));
     }
-    let sink = build_sink(cli)?;
+    let sink = build_sink(cli, env)?;
     let shard = shard_of(cli)?;
     for (flag, set) in [("--bind", cli.bind.is_some()), ("--check", cli.check)] {
         if set {
@@ -275,7 +277,7 @@ fn read_config(source: &ConfigSource, sink: &dyn Sink) -> Result<(Vec<u8>, Strin
     }
 }
 
-fn build_sink(cli: &Cli) -> Result<Arc<dyn Sink>, AppError> {
+fn build_sink(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Arc<dyn Sink>, AppError> {
     let chosen = [
         cli.reinfer_api_endpoint.is_some(),
         cli.local_files_prefix.is_some(),
@@ -297,8 +299,7 @@ fn build_sink(cli: &Cli) -> Result<Arc<dyn Sink>, AppError> {
             .map_err(|e| AppError::Usage(format!("--private-file-prefix {e}")))?;
         // Only a connection string is read here; token methods are tried at the first
         // request, so nothing is probed before the configuration is known to be good.
-        let env = |name: &str| std::env::var(name).ok();
-        let credentials = crate::auth::azure::from_environment(&prefix.account, &env)
+        let credentials = crate::auth::azure::from_environment(&prefix.account, env)
             .map_err(|e| AppError::Usage(format!("--private-file-prefix {prefix}: {e}")))?;
         log::debug!(
             "Azure Blob Storage sink {prefix}: credentials {}",
@@ -308,14 +309,28 @@ fn build_sink(cli: &Cli) -> Result<Arc<dyn Sink>, AppError> {
             .map_err(|e| AppError::Usage(format!("--private-file-prefix {prefix}: {e}")))?;
         return Ok(Arc::new(sink));
     }
-    let flag = if cli.reinfer_api_endpoint.is_some() {
-        "--reinfer-api-endpoint (Communications Mining sink)"
-    } else {
-        "--private-file-prefix (Azure Blob Storage sink)"
-    };
-    Err(AppError::Usage(format!(
-        "{flag} is not supported yet by this build; use --local-files-prefix"
-    )))
+    let endpoint = cli.reinfer_api_endpoint.as_deref().unwrap_or_default();
+    let token = env("REINFER_API_TOKEN").filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+        AppError::Usage(
+            "--reinfer-api-endpoint needs the API token in the REINFER_API_TOKEN environment variable"
+                .into(),
+        )
+    })?;
+    let sink = ReinferSink::new(endpoint, Secret::new(token), writer_identity(env))
+        .map_err(|e| AppError::Usage(format!("--reinfer-api-endpoint: {e}")))?;
+    Ok(Arc::new(sink))
+}
+
+/// Who writes sync state, for detecting two replicas on one mailbox: host (the pod name under
+/// Kubernetes), process id and start time.
+fn writer_identity(env: &dyn Fn(&str) -> Option<String>) -> String {
+    let host = env("HOSTNAME")
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    let started = time::OffsetDateTime::now_utc().unix_timestamp();
+    format!("{host}:{}:{started}", std::process::id())
 }
 
 fn shard_of(cli: &Cli) -> Result<Shard, AppError> {
@@ -382,20 +397,36 @@ fn run_service(
         sink.describe()
     );
 
+    let mut prepared: Vec<&crate::config::Bucket> = Vec::new();
+    for mailbox in &mailboxes {
+        if prepared.contains(&&mailbox.bucket) {
+            continue;
+        }
+        let bucket = &mailbox.bucket;
+        sink.prepare_bucket(bucket).map_err(|e| {
+            AppError::Fatal(format!("bucket {}/{}: {e}", bucket.owner, bucket.name))
+        })?;
+        prepared.push(bucket);
+    }
+
     let mut states = Vec::with_capacity(mailboxes.len());
     let mut cursors = Vec::with_capacity(mailboxes.len());
     for mailbox in &mailboxes {
         let stored = match mailbox.start_from {
             StartFrom::Config => None,
-            StartFrom::Bucket => sink.load_state(&mailbox.bucket, &mailbox.address).map_err(
-                |e| {
+            StartFrom::Bucket => sink
+                .load_state(&mailbox.bucket, &mailbox.address)
+                .map_err(|e| {
+                    let hint = if matches!(e, sink::Error::Corrupt { .. }) {
+                        "; fix or remove the state to resync it from start_timestamp"
+                    } else {
+                        ""
+                    };
                     AppError::Fatal(format!(
-                        "mailbox={}: cannot load its sync state: {e}; fix or remove the state to \
-                     resync it from start_timestamp",
+                        "mailbox={}: cannot load its sync state: {e}{hint}",
                         mailbox.address
                     ))
-                },
-            )?,
+                })?,
         };
         let state = stored.unwrap_or_else(|| MailboxState {
             version: STATE_VERSION,

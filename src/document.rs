@@ -45,14 +45,15 @@ pub struct Metadata {
     pub size: Option<u64>,
 }
 
-/// Attachment metadata only; the content stays in `mime_content`.
+/// Attachment metadata only; the content stays in `mime_content`. `name`, `size` and
+/// `content_type` are required by the API's schema, so unknown values get neutral defaults.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Attachment {
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
+    /// 0 when the server did not say.
+    pub size: u64,
+    /// `application/octet-stream` when the server did not say.
+    pub content_type: String,
     pub inline: bool,
 }
 
@@ -90,8 +91,11 @@ impl EmailDoc {
                 .into_iter()
                 .map(|a| Attachment {
                     name: a.name,
-                    size: a.size_bytes,
-                    content_type: a.content_type,
+                    size: a.size_bytes.unwrap_or(0),
+                    content_type: a
+                        .content_type
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "application/octet-stream".to_owned()),
                     inline: a.inline,
                 })
                 .collect(),

@@ -57,8 +57,13 @@ const FIND_FOLDER_PAGE: usize = 250;
 const GET_ITEM_BATCH: usize = 10;
 /// At most this many bytes of (store-reported) item size per GetItem; larger items go alone.
 const GET_ITEM_BATCH_BYTES: u64 = 20 * 1024 * 1024;
-/// Attempts of one request before its error is handed to the caller.
-const MAX_ATTEMPTS: u32 = 6;
+/// Attempts of one request that failed (connection lost, malformed reply, HTML 500) before its
+/// error is handed to the caller.
+const MAX_ATTEMPTS: u32 = 8;
+/// Waits the server demanded (ErrorServerBusy, 429/503 with Retry-After, too many connections)
+/// one request may sit through: throttling is the server working as designed, so it gets a
+/// much larger, but still finite, budget.
+const MAX_THROTTLED_WAITS: u32 = 60;
 const RETRY_BASE: Duration = Duration::from_millis(500);
 const RETRY_CAP: Duration = Duration::from_secs(60);
 /// Exchange asked to wait but said not how long.
@@ -169,6 +174,7 @@ impl EwsSource {
     ) -> Result<T, Error> {
         let impersonate = (self.access == Access::Impersonation).then_some(mailbox);
         let mut attempt = 0;
+        let mut throttled = 0;
         loop {
             if !self.server.gate.wait(&self.stop) {
                 return Err(stopped());
@@ -213,8 +219,19 @@ impl EwsSource {
             if code == "ErrorTimeoutExpired" && give_back_timeouts {
                 return Err(err);
             }
-            attempt += 1;
-            if !err.is_retryable() || attempt >= MAX_ATTEMPTS || self.stop.is_stopped() {
+            if !err.is_retryable() || self.stop.is_stopped() {
+                return Err(err);
+            }
+            let is_throttling = matches!(code, "ErrorServerBusy" | "ErrorExceededConnectionCount")
+                || err.demanded_wait().is_some();
+            let (count, budget) = if is_throttling {
+                throttled += 1;
+                (throttled, MAX_THROTTLED_WAITS)
+            } else {
+                attempt += 1;
+                (attempt, MAX_ATTEMPTS)
+            };
+            if count >= budget {
                 return Err(err);
             }
             let wait = match code {
@@ -231,7 +248,7 @@ impl EwsSource {
                     log::warn!(
                         "mailbox={mailbox}: the server limits our connections; now at most {limit} requests at once"
                     );
-                    throttle::retry_delay(attempt - 1, RETRY_BASE, RETRY_CAP)
+                    throttle::retry_delay(throttled.min(8) - 1, RETRY_BASE, RETRY_CAP)
                 }
                 _ => match err.demanded_wait() {
                     Some(wait) => {
@@ -243,8 +260,8 @@ impl EwsSource {
             };
             (self.on_retry)(err.kind());
             log::warn!(
-                "mailbox={mailbox} {operation}: {err}; retry {attempt}/{} in {} ms",
-                MAX_ATTEMPTS - 1,
+                "mailbox={mailbox} {operation}: {err}; retry {count}/{} in {} ms",
+                budget - 1,
                 wait.as_millis()
             );
             if !self.stop.sleep(wait) {
@@ -340,13 +357,24 @@ struct Page {
     last: bool,
 }
 
-fn root_folder_page(root: Node<'_, '_>) -> Page {
-    Page {
+/// Reads the paging attributes. A missing or odd `IncludesLastItemInRange` is an error, not
+/// "last page": taking it for the end would silently leave the rest of a folder behind.
+fn root_folder_page(root: Node<'_, '_>) -> Result<Page, Error> {
+    let last = match root.attribute("IncludesLastItemInRange") {
+        Some("true") => true,
+        Some("false") => false,
+        other => {
+            return Err(malformed(format!(
+                "RootFolder has IncludesLastItemInRange={other:?}, expected true or false"
+            )));
+        }
+    };
+    Ok(Page {
         next_offset: root
             .attribute("IndexedPagingOffset")
             .and_then(|v| v.parse().ok()),
-        last: root.attribute("IncludesLastItemInRange") != Some("false"),
-    }
+        last,
+    })
 }
 
 /// One folder as FindFolder reports it.
@@ -649,7 +677,7 @@ fn read_folder_page(
         };
         found.push((id.to_owned(), folder));
     }
-    Ok((found, root_folder_page(root)))
+    Ok((found, root_folder_page(root)?))
 }
 
 fn read_item_page(
@@ -687,7 +715,7 @@ fn read_item_page(
             size_bytes: child_text(node, "Size").and_then(|s| s.parse().ok()),
         });
     }
-    Ok((page_items, root_folder_page(root)))
+    Ok((page_items, root_folder_page(root)?))
 }
 
 fn read_items(doc: &roxmltree::Document<'_>, items: &[ItemRef]) -> Result<Vec<ItemOutcome>, Error> {

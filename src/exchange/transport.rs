@@ -216,15 +216,15 @@ impl Transport {
     }
 
     fn check_status(&self, reply: Reply) -> Result<Reply, Error> {
-        let is_xml = || {
-            let start = reply.body.iter().position(|b| !b.is_ascii_whitespace());
-            start.is_some_and(|i| reply.body[i..].starts_with(b"<"))
-                || reply.body.starts_with(b"\xEF\xBB\xBF")
+        // A SOAP fault names its envelope early; an IIS error page is HTML.
+        let is_soap = || {
+            let head = &reply.body[..reply.body.len().min(1024)];
+            head.windows(8).any(|w| w == b"Envelope")
         };
         match reply.status {
             200 => Ok(reply),
             // SOAP faults come with HTTP 500 and an XML body; HTML 500s are plain errors.
-            500 if is_xml() => Ok(reply),
+            500 if is_soap() => Ok(reply),
             401 => Err(Error::Auth {
                 url: self.url.clone(),
                 detail: format!("HTTP 401 after authentication: {}", excerpt(&reply.body)),

@@ -17,6 +17,10 @@ use crate::metrics::Metrics;
 
 /// Upper bound on waiting for a folder whose last pass failed, whatever `poll_frequency` says.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+/// `--once`: passes a failing folder gets before the run reports it as not synced.
+const ONCE_FOLDER_ATTEMPTS: u32 = 3;
+/// `--once`: pause before a failed folder's next pass, times the failures so far.
+const ONCE_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// How the run ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +47,8 @@ struct MailboxSlot {
     drained: HashSet<String>,
     /// `--once`: the mailbox is finished (all folders drained or failed, or it failed).
     once_done: bool,
+    /// `--once`: failed passes per folder.
+    once_failures: HashMap<String, u32>,
     consecutive_failures: u32,
 }
 
@@ -50,6 +56,8 @@ pub struct Scheduler {
     shared: Arc<Shared>,
     slots: Vec<MailboxSlot>,
     queue: VecDeque<Job>,
+    /// `--once`: failed folders waiting for their next pass.
+    deferred: Vec<(Instant, usize, FolderInfo)>,
     next_job_id: u64,
     /// `--once`: copy only emails received at or before this instant.
     until: Option<OffsetDateTime>,
@@ -76,6 +84,7 @@ impl Scheduler {
                 next_cycle_at: now,
                 drained: HashSet::new(),
                 once_done: false,
+                once_failures: HashMap::new(),
                 consecutive_failures: 0,
             })
             .collect();
@@ -83,6 +92,7 @@ impl Scheduler {
             shared,
             slots,
             queue: VecDeque::new(),
+            deferred: Vec::new(),
             next_job_id: 0,
             until,
             errors: 0,
@@ -99,6 +109,7 @@ impl Scheduler {
                 return Outcome::Finished;
             }
             self.start_due_cycles();
+            self.release_deferred();
             if self.until.is_some() && self.slots.iter().all(|s| s.once_done) {
                 return if self.errors == 0 {
                     Outcome::Finished
@@ -161,10 +172,28 @@ impl Scheduler {
         }
     }
 
+    /// Queues the deferred folders whose pause is over.
+    fn release_deferred(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.deferred.drain(..).partition(|(at, _, _)| *at <= now);
+        self.deferred = waiting;
+        for (_, mailbox, folder) in due {
+            // Marked busy while deferred so the mailbox does not count as done.
+            self.slots[mailbox].busy.remove(&folder.id);
+            self.queue_folder(mailbox, folder);
+        }
+    }
+
     fn next_wakeup(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         if self.until.is_some() {
-            return far;
+            return self
+                .deferred
+                .iter()
+                .map(|(at, _, _)| *at)
+                .min()
+                .unwrap_or(far);
         }
         self.slots
             .iter()
@@ -237,6 +266,24 @@ impl Scheduler {
                 slot.cursors.insert(folder_id.clone(), cursor);
                 let folder = slot.folders.iter().find(|f| f.id == folder_id).cloned();
                 match (error, folder) {
+                    (Some(_), Some(folder)) if self.until.is_some() => {
+                        // Logged by the committer. A few more passes, with pauses.
+                        let failures = slot.once_failures.entry(folder_id.clone()).or_default();
+                        *failures += 1;
+                        if *failures < ONCE_FOLDER_ATTEMPTS {
+                            let at = Instant::now() + ONCE_RETRY_PAUSE * *failures;
+                            slot.busy.insert(folder_id);
+                            self.deferred.push((at, mailbox, folder));
+                        } else {
+                            let address = &self.shared.mailboxes[mailbox].address;
+                            log::error!(
+                                "mailbox={address} folder={:?}: giving up after {failures} failed passes",
+                                folder.path
+                            );
+                            slot.drained.insert(folder_id);
+                            self.errors += 1;
+                        }
+                    }
                     (Some(_), _) => {
                         // Logged by the committer. Try again later, not in a tight loop.
                         let retry_at =

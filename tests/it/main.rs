@@ -3,6 +3,7 @@
 
 mod azure;
 mod hard_servers;
+mod reinfer;
 mod support;
 mod tls;
 
@@ -421,27 +422,53 @@ fn remote_config_is_read_from_the_sink_and_a_local_file_wins() {
 }
 
 #[test]
-fn unsupported_sinks_and_flag_mistakes_exit_2() {
-    for args in [
-        vec!["--reinfer-api-endpoint", "https://x/api/"],
-        vec!["--private-file-prefix", "az://acct/container"],
-        vec![
-            "--local-files-prefix",
-            "/tmp/x",
-            "--reinfer-api-endpoint",
-            "https://x/",
-        ],
-        vec!["--local-files-prefix", "/tmp/x", "--shard-name", "s-1"],
-        vec!["--local-files-prefix", "/tmp/x", "--bogus"],
+fn sink_and_flag_mistakes_exit_2_with_a_clear_message() {
+    for (args, expected) in [
+        (
+            vec!["--reinfer-api-endpoint", "https://x/api/"],
+            "REINFER_API_TOKEN",
+        ),
+        (
+            vec!["--private-file-prefix", "az://"],
+            "--private-file-prefix",
+        ),
+        (
+            vec!["--private-file-prefix", "https://acct/container"],
+            "--private-file-prefix",
+        ),
+        (
+            vec![
+                "--local-files-prefix",
+                "/tmp/x",
+                "--reinfer-api-endpoint",
+                "https://x/",
+            ],
+            "exactly one sink",
+        ),
+        (
+            vec!["--local-files-prefix", "/tmp/x", "--shard-name", "s-1"],
+            "--total-shards",
+        ),
+        (vec!["--local-files-prefix", "/tmp/x", "--bogus"], "--bogus"),
+        (vec!["--local-files-prefix", "/tmp/x"], "REINFER_EWS_CONFIG"),
     ] {
         let mut command = std::process::Command::new(BIN);
-        command.env_remove("REINFER_EWS_CONFIG").args(&args);
+        command
+            .env_remove("REINFER_EWS_CONFIG")
+            .env_remove("REINFER_API_TOKEN")
+            .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+            .args(&args);
         let result = run(command);
         assert_eq!(
             result.code(),
             Some(2),
             "{args:?}: {}{}",
             result.stdout,
+            result.stderr
+        );
+        assert!(
+            result.stderr.contains(expected),
+            "{args:?}: expected {expected:?} in: {}",
             result.stderr
         );
     }
@@ -543,10 +570,17 @@ fn config_edits_apply_without_a_restart_and_bad_edits_are_rejected() {
         seen.push(line);
     }
     write_config(dir.path(), &config(&fake.url(), &all, json!({})));
-    let total: usize = fake.data().mailboxes.iter().map(|m| m.synced_items().count()).sum();
-    wait_until(Duration::from_secs(60), "every email of the added mailbox", || {
-        read_docs(&prefix).len() == total
-    });
+    let total: usize = fake
+        .data()
+        .mailboxes
+        .iter()
+        .map(|m| m.synced_items().count())
+        .sum();
+    wait_until(
+        Duration::from_secs(60),
+        "every email of the added mailbox",
+        || read_docs(&prefix).len() == total,
+    );
     let pid = child.id().to_string();
     assert!(
         std::process::Command::new("kill")

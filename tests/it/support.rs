@@ -175,8 +175,13 @@ pub fn expected_id(mailbox: &str, item: &fake_exchange::Item) -> String {
 /// Checks that the local sink holds exactly the emails `data` says must be copied: every id
 /// once, MIME as served, folder path as in the mailbox. Returns how many.
 pub fn assert_exact_copy(data: &fake_exchange::DataSet, prefix: &Path) -> usize {
-    let docs = read_docs(prefix);
-    let by_id = docs_by_unique_id(&docs);
+    assert_exact_documents(data, &read_docs(prefix))
+}
+
+/// Checks that `docs` (from any sink, with where each came from) are exactly the emails
+/// `data` says must be copied. Returns how many.
+pub fn assert_exact_documents(data: &fake_exchange::DataSet, docs: &[(PathBuf, Value)]) -> usize {
+    let by_id = docs_by_unique_id(docs);
     let mut expected = 0;
     for mailbox in &data.mailboxes {
         for (folder, item) in mailbox.synced_items() {

@@ -56,8 +56,8 @@ fn doc(n: usize, mime_bytes: usize) -> EmailDoc {
         },
         attachments: vec![Attachment {
             name: "a.pdf".into(),
-            size: Some(12),
-            content_type: Some("application/pdf".into()),
+            size: 12,
+            content_type: "application/pdf".into(),
             inline: false,
         }],
     }
