@@ -16,6 +16,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod secret;
+pub mod server;
 pub mod shard;
 pub mod shutdown;
 pub mod sink;
