@@ -14,9 +14,9 @@ use crate::exchange::ews::{Access, EwsServer, EwsSource};
 use crate::exchange::ntlm::NtlmCredentials;
 use crate::exchange::transport::{Credentials, Transport};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::shard::Shard;
 use crate::shutdown::StopFlag;
-use crate::secret::Secret;
 use crate::sink::local::LocalSink;
 use crate::sink::reinfer::ReinferSink;
 use crate::sink::{self, Sink};
@@ -212,7 +212,9 @@ impl ConfigWatch<'_> {
                         stop.stop();
                         return Some((loaded.config, bytes));
                     }
-                    Err(err) => log::error!("new configuration rejected, keeping the running one: {err}"),
+                    Err(err) => {
+                        log::error!("new configuration rejected, keeping the running one: {err}")
+                    }
                 },
                 Err(errors) => log::error!(
                     "new configuration from {origin} rejected, keeping the running one:\n{errors}"
@@ -268,9 +270,7 @@ fn read_config(source: &ConfigSource, sink: &dyn Sink) -> Result<(Vec<u8>, Strin
                 sink::Error::NotFound { .. } | sink::Error::Invalid { .. } => {
                     AppError::Usage(format!("remote configuration: {e}"))
                 }
-                other => {
-                    AppError::Fatal(format!("cannot read the remote configuration: {other}"))
-                }
+                other => AppError::Fatal(format!("cannot read the remote configuration: {other}")),
             })?;
             Ok((bytes, format!("remote config {owner}/{key}")))
         }
@@ -414,19 +414,20 @@ fn run_service(
     for mailbox in &mailboxes {
         let stored = match mailbox.start_from {
             StartFrom::Config => None,
-            StartFrom::Bucket => sink
-                .load_state(&mailbox.bucket, &mailbox.address)
-                .map_err(|e| {
-                    let hint = if matches!(e, sink::Error::Corrupt { .. }) {
-                        "; fix or remove the state to resync it from start_timestamp"
-                    } else {
-                        ""
-                    };
-                    AppError::Fatal(format!(
-                        "mailbox={}: cannot load its sync state: {e}{hint}",
-                        mailbox.address
-                    ))
-                })?,
+            StartFrom::Bucket => {
+                sink.load_state(&mailbox.bucket, &mailbox.address)
+                    .map_err(|e| {
+                        let hint = if matches!(e, sink::Error::Corrupt { .. }) {
+                            "; fix or remove the state to resync it from start_timestamp"
+                        } else {
+                            ""
+                        };
+                        AppError::Fatal(format!(
+                            "mailbox={}: cannot load its sync state: {e}{hint}",
+                            mailbox.address
+                        ))
+                    })?
+            }
         };
         let state = stored.unwrap_or_else(|| MailboxState {
             version: STATE_VERSION,

@@ -1,8 +1,8 @@
 //! Exchange sources: what the sync pipeline needs from a mail server, whatever the protocol.
 
 pub mod error;
-pub mod graph;
 pub mod ews;
+pub mod graph;
 pub mod ntlm;
 pub mod soap;
 pub mod throttle;

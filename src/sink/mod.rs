@@ -86,7 +86,10 @@ impl fmt::Display for Error {
         match self {
             Error::Io { path, detail } => write!(f, "{path}: {detail}"),
             Error::Http {
-                url, status, detail, ..
+                url,
+                status,
+                detail,
+                ..
             } => match status {
                 Some(status) => write!(f, "{url} answered HTTP {status}: {detail}"),
                 None => write!(f, "cannot reach {url}: {detail}"),

@@ -102,7 +102,19 @@ fn sync_folder(
             break;
         }
         let outcomes = match source.fetch_items(&address, chunk) {
-            Ok(outcomes) => outcomes,
+            Ok(outcomes) if outcomes.len() == chunk.len() => outcomes,
+            // An item without an outcome must not be passed by the watermark unseen.
+            Ok(outcomes) => {
+                complete = false;
+                error = Some(crate::exchange::Error::Malformed {
+                    detail: format!(
+                        "{} outcomes for {} requested items",
+                        outcomes.len(),
+                        chunk.len()
+                    ),
+                });
+                break;
+            }
             Err(err) => {
                 complete = false;
                 error = Some(err);
