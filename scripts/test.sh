@@ -13,6 +13,15 @@ if ! "$venv/bin/python" -c 'import spnego, jwt' 2>/dev/null; then
 fi
 export EXCHANGE_SYNC_TEST_PYTHON="$PWD/$venv/bin/python"
 
+# --- ops tests (tests/it/ops.rs): begin ---
+# kubernetes-validate (offline manifest schemas) and prometheus-client (the reference parser
+# of the /metrics format) come from tests/peers/requirements.txt; an older .venv gets them here.
+if ! "$venv/bin/python" -c 'import kubernetes_validate, prometheus_client' 2>/dev/null; then
+    echo "== installing ops test peers into $venv (kubernetes-validate, prometheus-client)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
+fi
+# --- ops tests: end ---
+
 # --- Azurite (Azure Storage emulator) for tests/it/azure.rs: begin ---
 # Installed once into .azurite (pinned 3.35.0, the newest on Node 20); each test starts its own
 # on a free loopback port with --disableTelemetry.

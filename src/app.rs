@@ -23,12 +23,17 @@ use crate::sink::{self, Sink};
 use crate::sync::state::{Cursor, MailboxState, STATE_VERSION};
 use crate::sync::{self, Outcome, Settings, Shared};
 
+mod check;
+
 /// After a stop, how long in-flight uploads may take; below Kubernetes' default 30 s grace.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);
 /// In-process restarts back off from this …
 const RESTART_BACKOFF_START: Duration = Duration::from_secs(5);
 /// … doubling up to this, so a persistent fault never becomes a tight loop.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Sets the first restart back-off in seconds (fractions allowed) instead of
+/// `RESTART_BACKOFF_START`: for tests, and for operators who want faster retries.
+pub const RESTART_BACKOFF_ENV: &str = "EXCHANGE_SYNC_RESTART_BACKOFF_SECONDS";
 
 /// Why the program stops early, and with which exit code.
 #[derive(Debug)]
@@ -83,15 +88,22 @@ fn try_run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), AppErr
             cli.debug_level
         )));
     }
+    let restart_backoff_start = restart_backoff_start(env)?;
     let sink = build_sink(cli, env)?;
     let shard = shard_of(cli)?;
-    for (flag, set) in [("--bind", cli.bind.is_some()), ("--check", cli.check)] {
-        if set {
-            return Err(AppError::Usage(format!(
-                "{flag} is not supported yet by this build"
-            )));
-        }
-    }
+    // One for the whole process: counters survive in-process restarts and reloads.
+    let metrics = Arc::new(Metrics::default());
+    metrics.set_run_info(&sink.describe(), shard.index, shard.total);
+    // Started before the configuration is read, so probes answer during start-up too.
+    let _server = match &cli.bind {
+        Some(bind) if !cli.check && !cli.print_config => Some(
+            crate::server::Server::start(bind, metrics.clone()).map_err(|e| match e {
+                crate::server::BindError::Address(message) => AppError::Usage(message),
+                crate::server::BindError::Listen(message) => AppError::Fatal(message),
+            })?,
+        ),
+        _ => None,
+    };
     // The watcher thread re-parses the config later: give it a copy of the environment.
     let env_snapshot: HashMap<String, String> = config::ENV_OVERRIDES
         .iter()
@@ -114,12 +126,17 @@ fn try_run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), AppErr
         return Ok(());
     }
     check_supported(&config)?;
+    metrics.config_loaded(&origin);
+    if cli.check {
+        let local_prefix = cli.local_files_prefix.as_deref();
+        return check::run(&config, &origin, &shard, &sink, local_prefix, &metrics);
+    }
 
     let terminate = StopFlag::new();
     crate::shutdown::stop_on_signals(terminate.clone())
         .map_err(|e| AppError::Fatal(format!("cannot install signal handlers: {e}")))?;
 
-    let mut backoff = RESTART_BACKOFF_START;
+    let mut backoff = restart_backoff_start;
     loop {
         let watch = (!cli.once).then(|| ConfigWatch {
             source: &source,
@@ -128,29 +145,66 @@ fn try_run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), AppErr
             bytes: &bytes,
             interval: config.poll_frequency.max(MIN_CONFIG_RELOAD_INTERVAL),
         });
-        let result = run_service(&config, &shard, sink.clone(), cli.once, &terminate, watch);
+        let run_started = Instant::now();
+        let result = run_service(
+            &config,
+            &shard,
+            sink.clone(),
+            cli.once,
+            &terminate,
+            watch,
+            &metrics,
+        );
         match result {
-            Ok(RunEnd::Done) => return Ok(()),
+            Ok(RunEnd::Done) => {
+                metrics.end_run(None);
+                return Ok(());
+            }
             Ok(RunEnd::Reload(new_config, new_bytes)) => {
                 log::info!("configuration changed: the pipeline restarted with it");
+                metrics.config_reloaded();
                 config = *new_config;
                 bytes = new_bytes;
-                backoff = RESTART_BACKOFF_START;
+                backoff = restart_backoff_start;
             }
             Err(AppError::Fatal(message))
                 if cli.restart_on_unrecoverable_errors && !terminate.is_stopped() =>
             {
+                // A run that went well for longer than the longest back-off starts it over.
+                if run_started.elapsed() > RESTART_BACKOFF_MAX {
+                    backoff = restart_backoff_start;
+                }
                 log::error!("{message}");
                 log::warn!(
-                    "restarting in {} s (--restart-on-unrecoverable-errors)",
-                    backoff.as_secs()
+                    "restarting in {:.1} s (--restart-on-unrecoverable-errors)",
+                    backoff.as_secs_f64()
                 );
+                metrics.restart_scheduled(&message, backoff);
                 if !terminate.sleep(backoff) {
+                    metrics.end_run(None);
                     return Ok(());
                 }
-                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                backoff = next_restart_backoff(backoff, restart_backoff_start);
+                // The operator may have fixed the cause (a password) in the configuration.
+                if let Some((new_config, new_bytes)) =
+                    reread_config(&source, sink.as_ref(), &env, &bytes)
+                {
+                    metrics.config_loaded(&new_config.1);
+                    config = new_config.0;
+                    bytes = new_bytes;
+                }
             }
-            Err(err) => return Err(err),
+            Err(AppError::Fatal(message)) if !cli.once && !terminate.is_stopped() => {
+                metrics.end_run(Some(&message));
+                return Err(AppError::Fatal(format!(
+                    "{message}; exchange-sync stops: this needs the operator (with \
+                     --restart-on-unrecoverable-errors it would restart in-process, with back-off)"
+                )));
+            }
+            Err(err) => {
+                metrics.end_run(Some(&err.to_string()));
+                return Err(err);
+            }
         }
     }
 }
@@ -318,6 +372,12 @@ fn build_sink(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Arc<dyn
     })?;
     let sink = ReinferSink::new(endpoint, Secret::new(token), writer_identity(env))
         .map_err(|e| AppError::Usage(format!("--reinfer-api-endpoint: {e}")))?;
+    // `--check` wants a verdict in seconds, not the daemon's minute of patient retries.
+    let sink = if cli.check {
+        sink.with_retry_policy(check::SINK_RETRY)
+    } else {
+        sink
+    };
     Ok(Arc::new(sink))
 }
 
@@ -345,15 +405,16 @@ fn shard_of(cli: &Cli) -> Result<Shard, AppError> {
 }
 
 fn check_supported(config: &Config) -> Result<(), AppError> {
-    if config.microsoft_api == MicrosoftApi::Graph {
+    // Graph takes app-only OAuth2 tokens only (the config check already insists on it).
+    if config.microsoft_api == MicrosoftApi::Graph && !matches!(config.auth, Auth::OAuth2 { .. }) {
         return Err(AppError::Usage(
-            "microsoft_api \"graph\" is not supported yet by this build; use \"ews\"".into(),
+            "microsoft_api \"graph\" needs auth_type \"oauth2\"".into(),
         ));
     }
-    if let Auth::OAuth2 { .. } = config.auth {
-        return Err(AppError::Usage(
-            "auth_type \"oauth2\" is not supported yet by this build; use \"ntlm\"".into(),
-        ));
+    // An unreadable private key or a thumbprint that does not match its certificate is a
+    // configuration error, refused at start-up and as a live edit, naming the key.
+    if let Auth::OAuth2 { credential, .. } = &config.auth {
+        client_credential(credential)?;
     }
     // An unusable cipher list is a configuration error: refused at start-up, and as a live
     // edit (the config watcher checks new configurations here).
@@ -366,6 +427,63 @@ fn check_supported(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The app credential of `auth_oauth_client_secret` or `auth_oauth_client_credential_*`.
+/// Certificates sign RS256 assertions naming the certificate by its SHA-1 (`x5t`): what
+/// Azure AD accepts everywhere (PS256 with `x5t#S256` has been refused in some tenants).
+fn client_credential(
+    credential: &crate::config::OAuthCredential,
+) -> Result<crate::auth::client_credentials::ClientCredential, AppError> {
+    use crate::auth::client_credentials::{Certificate, ClientCredential, JwtAlgorithm};
+    match credential {
+        crate::config::OAuthCredential::Secret(secret) => {
+            Ok(ClientCredential::Secret(secret.clone()))
+        }
+        crate::config::OAuthCredential::Certificate {
+            private_key_pem,
+            thumbprint,
+        } => Certificate::from_pem(private_key_pem, thumbprint.as_deref(), JwtAlgorithm::Rs256)
+            .map(ClientCredential::Certificate)
+            // The message names the config key (`auth_oauth_client_credential_…`).
+            .map_err(|e| AppError::Usage(e.to_string())),
+    }
+}
+
+/// One token provider for every fetcher thread of a run (they share its cache and its
+/// refreshes). The scope is the resource's origin + `/.default`
+/// (`https://outlook.office365.com/.default` for Exchange Online EWS,
+/// `https://graph.microsoft.com/.default` for Graph), so other clouds and loopback test servers
+/// get theirs from the configured endpoint.
+fn token_provider(
+    config: &Config,
+    resource_url: &str,
+) -> Result<Arc<dyn crate::auth::TokenProvider>, AppError> {
+    use crate::auth::TokenProvider;
+    use crate::auth::client_credentials::ClientCredentials;
+    let Auth::OAuth2 {
+        authority,
+        client_id,
+        credential,
+    } = &config.auth
+    else {
+        return Err(AppError::Usage(
+            "auth_type \"oauth2\" is required here".into(),
+        ));
+    };
+    let scope = crate::exchange::transport::oauth_scope_for(resource_url).ok_or_else(|| {
+        AppError::Usage(format!(
+            "cannot derive an OAuth2 scope from the endpoint {resource_url}"
+        ))
+    })?;
+    let provider = ClientCredentials::new(
+        ClientCredentials::token_url_for(authority),
+        client_id.clone(),
+        client_credential(credential)?,
+        scope,
+    );
+    log::info!("OAuth2 tokens: {}", provider.describe());
+    Ok(Arc::new(provider))
+}
+
 /// One run of the service: until `--once` completes, a stop, or a fatal error.
 fn run_service(
     config: &Config,
@@ -374,8 +492,12 @@ fn run_service(
     once: bool,
     terminate: &StopFlag,
     watch: Option<ConfigWatch<'_>>,
+    metrics: &Arc<Metrics>,
 ) -> Result<RunEnd, AppError> {
     let started = Instant::now();
+    let before = metrics.totals();
+    // Requests from this thread (preparing buckets, loading state) count in the metrics.
+    let _context = metrics.enter_thread(None);
     // `--once` copies what was received before it started; rounding up to the next second
     // includes everything of the current second, as EWS compares at second precision.
     let until = once.then(|| {
@@ -443,9 +565,9 @@ fn run_service(
         states.push(state);
     }
 
+    metrics.begin_run(&mailboxes, &states);
     let stop = StopFlag::new();
     let relay = relay_stop(terminate, &stop);
-    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         mailboxes,
         sink,
@@ -455,7 +577,7 @@ fn run_service(
         batch_size: config.reinfer_batch_size,
         poll_frequency: config.poll_frequency,
     });
-    let sources = build_sources(config, &stop, &metrics)?;
+    let sources = build_sources(config, &stop, metrics)?;
     let (outcome, reload) = std::thread::scope(|scope| {
         let watcher = watch.map(|watch| {
             let stop = stop.clone();
@@ -489,7 +611,13 @@ fn run_service(
         (outcome, reload)
     });
     let _ = relay.join();
-    log_summary(&metrics, started.elapsed());
+    log_summary(metrics, before, started.elapsed());
+    // A pipeline thread that met a fatal error (a sink refusing our credentials) stopped the
+    // run through the stop flag: it still failed.
+    let outcome = match (outcome, metrics.take_run_failure()) {
+        (Outcome::Finished, Some(message)) if !terminate.is_stopped() => Outcome::Fatal(message),
+        (outcome, _) => outcome,
+    };
     if let (Some((config, bytes)), false) = (reload, terminate.is_stopped()) {
         return Ok(RunEnd::Reload(Box::new(config), bytes));
     }
@@ -522,21 +650,6 @@ fn build_sources(
     stop: &StopFlag,
     metrics: &Arc<Metrics>,
 ) -> Result<Vec<Box<dyn MailSource>>, AppError> {
-    let url = config
-        .ews_url
-        .clone()
-        .ok_or_else(|| AppError::Usage("ews_endpoint (or host) is required for EWS".into()))?;
-    let Auth::Ntlm { user, password } = &config.auth else {
-        return Err(AppError::Usage(
-            "only NTLM authentication is supported by this build".into(),
-        ));
-    };
-    let credentials = Credentials::Ntlm(NtlmCredentials::from_auth_user(user, password.clone()));
-    let access = match config.access_type {
-        AccessType::Delegate => Access::Delegate,
-        AccessType::Impersonation => Access::Impersonation,
-    };
-    let server = Arc::new(EwsServer::new(config.max_concurrent_fetches));
     let settings = crate::http::AgentSettings {
         verify_tls: config.ews_ssl_verify,
         ciphers: config.ews_ssl_ciphers.clone(),
@@ -549,14 +662,48 @@ fn build_sources(
             AppError::Fatal(e.to_string())
         }
     })?;
-    if !config.ews_ssl_verify && url.starts_with("https:") {
-        log::warn!("ews_ssl_verify is false: the EWS server's certificate is not checked");
-    }
     let on_retry: Arc<dyn Fn(&str) + Send + Sync> = {
         let metrics = metrics.clone();
         Arc::new(move |reason: &str| metrics.record_retry(reason))
     };
-    Ok((0..config.max_concurrent_fetches.max(1))
+    let threads = config.max_concurrent_fetches.max(1);
+    if config.microsoft_api == MicrosoftApi::Graph {
+        return build_graph_sources(config, stop, &tls, on_retry, threads);
+    }
+    let url = config
+        .ews_url
+        .clone()
+        .ok_or_else(|| AppError::Usage("ews_endpoint (or host) is required for EWS".into()))?;
+    let (credentials, access) = match &config.auth {
+        Auth::Ntlm { user, password } => (
+            Credentials::Ntlm(NtlmCredentials::from_auth_user(user, password.clone())),
+            match config.access_type {
+                AccessType::Delegate => Access::Delegate,
+                AccessType::Impersonation => Access::Impersonation,
+            },
+        ),
+        Auth::OAuth2 { .. } => {
+            // An app-only token names no mailbox: Exchange Online needs every request to
+            // impersonate its mailbox (ExchangeImpersonation + X-AnchorMailbox), whatever
+            // access_type says; exchangelib does the same.
+            if config.access_type == AccessType::Delegate {
+                log::info!(
+                    "auth_type \"oauth2\": app-only tokens name no mailbox, so every EWS request \
+                     impersonates its mailbox (ExchangeImpersonation and X-AnchorMailbox) \
+                     although access_type is \"delegate\""
+                );
+            }
+            (
+                Credentials::Bearer(token_provider(config, &url)?),
+                Access::Impersonation,
+            )
+        }
+    };
+    let server = Arc::new(EwsServer::new(config.max_concurrent_fetches));
+    if !config.ews_ssl_verify && url.starts_with("https:") {
+        log::warn!("ews_ssl_verify is false: the EWS server's certificate is not checked");
+    }
+    Ok((0..threads)
         .map(|_| {
             let (agent, cert_slot) = crate::http::ews_agent(&tls);
             let transport =
@@ -573,16 +720,147 @@ fn build_sources(
         .collect())
 }
 
-fn log_summary(metrics: &Metrics, elapsed: Duration) {
-    let emails = Metrics::get(&metrics.emails_synced);
-    let bytes = Metrics::get(&metrics.bytes_synced);
+/// One Graph source per fetcher thread, sharing the token provider and the per-mailbox limits
+/// (at most four requests in flight per mailbox, pauses Graph demands). Graph connections use
+/// the same TLS settings as EWS (`ews_ssl_verify`, `ews_ssl_ciphers`, proxy).
+fn build_graph_sources(
+    config: &Config,
+    stop: &StopFlag,
+    tls: &crate::exchange::tls::TlsClient,
+    on_retry: Arc<dyn Fn(&str) + Send + Sync>,
+    threads: usize,
+) -> Result<Vec<Box<dyn MailSource>>, AppError> {
+    use crate::exchange::graph::{GraphClient, GraphMailboxes, GraphSource};
+    let tokens = token_provider(config, &config.graph_url)?;
+    let mailboxes = Arc::new(GraphMailboxes::new());
+    if !config.ews_ssl_verify && config.graph_url.starts_with("https:") {
+        log::warn!("ews_ssl_verify is false: the Graph server's certificate is not checked");
+    }
+    Ok((0..threads)
+        .map(|_| {
+            let (agent, _cert_slot) = crate::http::ews_agent(tls);
+            let client = GraphClient::new(
+                agent,
+                &config.graph_url,
+                tokens.clone(),
+                mailboxes.clone(),
+                stop.clone(),
+                config.poll_message_sleep,
+                on_retry.clone(),
+            );
+            Box::new(GraphSource::new(client)) as Box<dyn MailSource>
+        })
+        .collect())
+}
+
+/// What one run did (the metrics count over the whole process, hence the difference).
+fn log_summary(metrics: &Metrics, before: crate::metrics::Totals, elapsed: Duration) {
+    let now = metrics.totals();
+    let emails = now.emails - before.emails;
+    let bytes = now.bytes - before.bytes;
     let secs = elapsed.as_secs_f64().max(0.001);
     log::info!(
-        "synced {emails} emails ({:.1} MB) in {secs:.1} s ({:.0} emails/s); skipped {}; failed jobs {}; retries {:?}",
+        "synced {emails} emails ({:.1} MB) in {secs:.1} s ({:.0} emails/s); skipped {}; failed jobs {}; retries {}",
         bytes as f64 / 1e6,
         emails as f64 / secs,
-        Metrics::get(&metrics.emails_skipped),
-        Metrics::get(&metrics.job_failures),
-        metrics.retries(),
+        now.skipped - before.skipped,
+        now.job_failures - before.job_failures,
+        now.retries - before.retries,
     );
+}
+
+/// The configuration as it is now, if it changed from `running_bytes` and is valid (else
+/// the problem is logged and `None` returned, so the running one is kept). Gives the
+/// configuration with its origin, and its bytes.
+fn reread_config(
+    source: &ConfigSource,
+    sink: &dyn Sink,
+    env: &dyn Fn(&str) -> Option<String>,
+    running_bytes: &[u8],
+) -> Option<((Config, String), Vec<u8>)> {
+    let (bytes, origin) = match read_config(source, sink) {
+        Ok(read) => read,
+        Err(err) => {
+            log::warn!("cannot re-read the configuration (keeping the running one): {err}");
+            return None;
+        }
+    };
+    if bytes == running_bytes {
+        return None;
+    }
+    match config::parse(&bytes, &origin, env) {
+        Ok(loaded) => match check_supported(&loaded.config) {
+            Ok(()) => {
+                for warning in &loaded.warnings {
+                    log::warn!("config: {warning}");
+                }
+                log::info!("{origin} changed; restarting with it");
+                Some(((loaded.config, origin), bytes))
+            }
+            Err(err) => {
+                log::error!("new configuration rejected, keeping the running one: {err}");
+                None
+            }
+        },
+        Err(errors) => {
+            log::error!(
+                "new configuration from {origin} rejected, keeping the running one:\n{errors}"
+            );
+            None
+        }
+    }
+}
+
+/// The first restart back-off: `EXCHANGE_SYNC_RESTART_BACKOFF_SECONDS` or 5 s.
+fn restart_backoff_start(env: &dyn Fn(&str) -> Option<String>) -> Result<Duration, AppError> {
+    let Some(value) = env(RESTART_BACKOFF_ENV) else {
+        return Ok(RESTART_BACKOFF_START);
+    };
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 3600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            AppError::Usage(format!(
+                "{RESTART_BACKOFF_ENV}={value:?}: expected seconds, more than 0 and at most 3600"
+            ))
+        })
+}
+
+/// Doubles the back-off, up to `RESTART_BACKOFF_MAX` (or the start, if that is longer).
+fn next_restart_backoff(current: Duration, start: Duration) -> Duration {
+    (current * 2).min(RESTART_BACKOFF_MAX.max(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_to_its_cap_and_the_start_is_configurable() {
+        let start = Duration::from_secs(5);
+        let mut backoff = start;
+        let mut seen = vec![];
+        for _ in 0..9 {
+            seen.push(backoff.as_secs());
+            backoff = next_restart_backoff(backoff, start);
+        }
+        assert_eq!(seen, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        let env = |value: &'static str| {
+            move |name: &str| (name == RESTART_BACKOFF_ENV).then(|| value.to_owned())
+        };
+        assert_eq!(
+            restart_backoff_start(&env("0.25")).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            restart_backoff_start(&|_| None).unwrap(),
+            RESTART_BACKOFF_START
+        );
+        for bad in ["0", "-1", "soon", "NaN", "99999"] {
+            assert!(restart_backoff_start(&env(bad)).is_err(), "{bad}");
+        }
+    }
 }

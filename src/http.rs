@@ -119,3 +119,214 @@ pub fn read_body(body: &mut ureq::Body, limit_bytes: u64) -> Result<Vec<u8>, ure
         .map_err(ureq::Error::Io)?;
     Ok(out)
 }
+
+/// Which kind of endpoint an HTTP request went to: the `endpoint` label of
+/// `exchange_sync_http_request_duration_seconds` and the first word of the level-2 log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointClass {
+    /// Exchange Web Services (every NTLM leg is one request).
+    Ews,
+    /// Microsoft Graph.
+    Graph,
+    /// An OAuth2 token endpoint (or the Azure credential chain's).
+    Token,
+    /// The Communications Mining API.
+    Reinfer,
+    /// Azure Blob Storage.
+    AzureBlob,
+}
+
+impl EndpointClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointClass::Ews => "ews",
+            EndpointClass::Graph => "graph",
+            EndpointClass::Token => "token",
+            EndpointClass::Reinfer => "reinfer",
+            EndpointClass::AzureBlob => "azure_blob",
+        }
+    }
+}
+
+/// Response headers shown in the level-2 log: ones that help diagnose throttling, routing
+/// and errors. Everything else (`Set-Cookie`, and on the request side `Authorization`, which
+/// is never passed here) stays out.
+const LOGGED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "retry-after",
+    "location",
+    "www-authenticate",
+    "persistent-auth",
+    "request-id",
+    "client-request-id",
+    "x-request-id",
+    "x-ms-request-id",
+    "x-ms-error-code",
+    "x-ms-version",
+    "x-ms-ags-diagnostic",
+    "x-ms-diagnostics",
+    "x-backendhttpstatus",
+    "x-diaginfo",
+    "x-feserver",
+    "x-beserver",
+    "x-calculatedbetarget",
+    "etag",
+];
+
+/// Query parameters whose values are shown; any other value (a SAS `sig`, a `code`, a
+/// token) is replaced, since URLs are logged and put in errors.
+const SHOWN_QUERY_PARAMS: &[&str] = &[
+    "restype",
+    "comp",
+    "prefix",
+    "delimiter",
+    "marker",
+    "maxresults",
+    "include",
+    "timeout",
+    "api-version",
+    "no_charge",
+    "$select",
+    "$filter",
+    "$orderby",
+    "$top",
+    "$skip",
+    "$expand",
+    "$count",
+];
+
+/// `url` safe to log: user information (`user:password@`) removed, and the values of query
+/// parameters not known to be harmless replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (base, fragment) = url
+        .split_once('#')
+        .map_or((url, None), |(b, f)| (b, Some(f)));
+    let (base, query) = base
+        .split_once('?')
+        .map_or((base, None), |(b, q)| (b, Some(q)));
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _))
+                    if !SHOWN_QUERY_PARAMS.contains(&name.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{name}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    if fragment.is_some() {
+        out.push_str("#…");
+    }
+    out
+}
+
+/// Records one HTTP request/response: its duration in the metrics of the calling pipeline
+/// thread (if any), and at `--debug-level 2` a log line with method, URL (redacted), status,
+/// duration and body bytes. `status` is `None` when no response came (refused, reset, timed
+/// out). Call it once per request, where the client sends it, after reading the body.
+pub fn log_exchange(
+    endpoint: EndpointClass,
+    method: &str,
+    url: &str,
+    status: Option<u16>,
+    elapsed: Duration,
+    bytes: u64,
+) {
+    log_exchange_with_headers(endpoint, method, url, status, elapsed, bytes, None);
+}
+
+/// [`log_exchange`] that also shows the allow-listed response headers ([`LOGGED_HEADERS`]);
+/// `WWW-Authenticate` only by scheme, never a challenge or token.
+pub fn log_exchange_with_headers(
+    endpoint: EndpointClass,
+    method: &str,
+    url: &str,
+    status: Option<u16>,
+    elapsed: Duration,
+    bytes: u64,
+    headers: Option<&ureq::http::HeaderMap>,
+) {
+    crate::metrics::observe_http(endpoint.as_str(), elapsed);
+    if !log::log_enabled!(target: "exchange_sync::http", log::Level::Trace) {
+        return;
+    }
+    let outcome = match status {
+        Some(status) => format!("HTTP {status}"),
+        None => "no response".to_owned(),
+    };
+    let mut line = format!(
+        "{} {method} {} → {outcome} in {:.1} ms, {bytes} bytes",
+        endpoint.as_str(),
+        redact_url(url),
+        elapsed.as_secs_f64() * 1000.0
+    );
+    if let Some(headers) = headers {
+        let shown: Vec<String> = headers
+            .iter()
+            .filter(|(name, _)| LOGGED_HEADERS.contains(&name.as_str()))
+            .map(|(name, value)| {
+                let value = value.to_str().unwrap_or("(not text)");
+                let value = match name.as_str() {
+                    "www-authenticate" => value.split(' ').next().unwrap_or("").to_owned(),
+                    "location" => redact_url(value),
+                    _ => value.to_owned(),
+                };
+                format!("{name}: {value}")
+            })
+            .collect();
+        if !shown.is_empty() {
+            line.push_str(" [");
+            line.push_str(&shown.join("; "));
+            line.push(']');
+        }
+    }
+    log::trace!(target: "exchange_sync::http", "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_unknown_query_values() {
+        assert_eq!(
+            redact_url("https://user:Passw0rd@host:8443/EWS/Exchange.asmx"),
+            "https://host:8443/EWS/Exchange.asmx"
+        );
+        assert_eq!(
+            redact_url(
+                "https://acct.blob.core.windows.net/c/b?restype=container&sig=SECRET&sv=2021"
+            ),
+            "https://acct.blob.core.windows.net/c/b?restype=container&sig=***&sv=***"
+        );
+        assert_eq!(
+            redact_url("http://h/api/_private/buckets/o/n/emails"),
+            "http://h/api/_private/buckets/o/n/emails"
+        );
+        assert_eq!(
+            redact_url("https://h/p?$top=10#frag"),
+            "https://h/p?$top=10#…"
+        );
+        assert_eq!(redact_url("https://h/p?flag"), "https://h/p?flag");
+    }
+}

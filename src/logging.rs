@@ -3,9 +3,13 @@
 use log::LevelFilter;
 use simplelog::{CombinedLogger, ConfigBuilder, SharedLogger, WriteLogger};
 
-/// 0: info and above; 1: our own debug lines too (the default); 2: everything, including the
-/// HTTP stack's debug lines, except ureq's: its debug output includes request headers, and
-/// `Authorization` must never reach a log.
+/// 0: info and above; 1: our own debug lines too (the default); 2: everything, including one
+/// trace line per HTTP request (`http::log_exchange`: method, redacted URL, status, duration,
+/// bytes, allow-listed response headers) and the HTTP stack's debug lines, except ureq's: its
+/// debug output includes request headers, and `Authorization` must never reach a log.
+///
+/// Every line about a mailbox names it as `mailbox=ADDRESS`, so one mailbox's story can be
+/// followed with grep.
 pub fn init(debug_level: u8) {
     let (ours, others) = match debug_level {
         0 => (LevelFilter::Info, LevelFilter::Warn),

@@ -453,13 +453,28 @@ impl ClientCredentials {
             },
             retry_after: None,
         };
+        let started = std::time::Instant::now();
+        let exchanged = |status, bytes, headers| {
+            crate::http::log_exchange_with_headers(
+                crate::http::EndpointClass::Token,
+                "POST",
+                &self.token_url,
+                status,
+                started.elapsed(),
+                bytes,
+                headers,
+            );
+        };
         let mut response = self
             .agent
             .post(&self.token_url)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .header("Accept", "application/json")
             .send(body.expose())
-            .map_err(|err| transport(scrub.clean(&err.to_string())))?;
+            .map_err(|err| {
+                exchanged(None, 0, None);
+                transport(scrub.clean(&err.to_string()))
+            })?;
         drop(body);
         let status = response.status().as_u16();
         let header = |name: &str| {
@@ -471,8 +486,14 @@ impl ClientCredentials {
         };
         let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v));
         let location = header("location");
-        let bytes = crate::http::read_body(response.body_mut(), MAX_TOKEN_RESPONSE_BYTES)
-            .map_err(|err| transport(scrub.clean(&format!("reading the response: {err}"))))?;
+        let bytes = crate::http::read_body(response.body_mut(), MAX_TOKEN_RESPONSE_BYTES);
+        exchanged(
+            Some(status),
+            bytes.as_ref().map_or(0, |b| b.len() as u64),
+            Some(response.headers()),
+        );
+        let bytes =
+            bytes.map_err(|err| transport(scrub.clean(&format!("reading the response: {err}"))))?;
         match status {
             200 => self.parse_token(&bytes, requested_at, &scrub),
             408 | 429 | 500..=599 => Err(Failure::Transient {

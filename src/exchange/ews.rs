@@ -198,6 +198,8 @@ impl EwsSource {
                 check_request_level_errors(&doc)?;
                 read(&doc)
             });
+            // An answer, even an error, is progress for /healthz.
+            crate::metrics::progress();
             let err = match result {
                 Ok(value) => {
                     self.server.connections.record_success();
@@ -259,6 +261,13 @@ impl EwsSource {
                 },
             };
             (self.on_retry)(err.kind());
+            if is_throttling {
+                let reason = match &err {
+                    Error::Http { status, .. } => format!("http_{status}"),
+                    other => other.kind().to_owned(),
+                };
+                crate::metrics::throttle_wait(&reason, wait);
+            }
             log::warn!(
                 "mailbox={mailbox} {operation}: {err}; retry {count}/{} in {} ms",
                 budget - 1,
@@ -424,7 +433,7 @@ impl MailSource for EwsSource {
                 .unwrap_or(offset + returned)
                 .max(offset + 1);
         }
-        Ok(mail_folders(&root_id, &folders, &order))
+        Ok(mail_folders(mailbox, &root_id, &folders, &order))
     }
 
     fn list_items(
@@ -756,6 +765,7 @@ fn read_items(doc: &roxmltree::Document<'_>, items: &[ItemRef]) -> Result<Vec<It
 /// Keeps mail folders whose every ancestor up to the root is a visible mail folder, and builds
 /// their display-name paths. Children may be listed before their parents.
 fn mail_folders(
+    mailbox: &str,
     root_id: &str,
     folders: &HashMap<String, RawFolder>,
     order: &[String],
@@ -787,7 +797,7 @@ fn mail_folders(
                 None => continue 'folders,
             }
         }
-        log::warn!("folder {id}: its parent chain loops; skipped");
+        log::warn!("mailbox={mailbox} folder {id}: its parent chain loops; skipped");
     }
     out
 }
@@ -895,7 +905,7 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let found = mail_folders("root", &folders, &order);
+        let found = mail_folders("a@b.c", "root", &folders, &order);
         let paths: Vec<_> = found.iter().map(|f| f.path.join("/")).collect();
         assert_eq!(paths, ["Inbox/Projects/2024", "Inbox/Projects", "Inbox"]);
     }

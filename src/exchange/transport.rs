@@ -1,5 +1,8 @@
-//! One worker thread's HTTP connection to EWS, with NTLM bound to that connection.
+//! One worker thread's HTTP connection to EWS, with NTLM bound to that connection or OAuth2
+//! bearer tokens (Exchange Online).
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ureq::Agent;
@@ -7,14 +10,31 @@ use ureq::Agent;
 use super::Error;
 use super::ntlm::{self, NtlmCredentials};
 use super::tls::{CertSlot, TlsHandshakeError};
+use crate::auth::{self, TokenProvider};
+use crate::secret::Secret;
 
 /// Largest response we read: one GetItem response carrying a very large email in base64.
 pub const MAX_RESPONSE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// How a request proves who we are.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Credentials {
     Ntlm(NtlmCredentials),
+    /// `Authorization: Bearer <token>` (app-only OAuth2). One provider is shared by every
+    /// fetcher thread, so a refresh serves them all.
+    Bearer(Arc<dyn TokenProvider>),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Ntlm(creds) => f.debug_tuple("Ntlm").field(creds).finish(),
+            // `describe()` names the app and the endpoint, never a secret or a token.
+            Credentials::Bearer(tokens) => {
+                f.debug_tuple("Bearer").field(&tokens.describe()).finish()
+            }
+        }
+    }
 }
 
 /// An HTTP response we read to the end.
@@ -61,8 +81,13 @@ impl Transport {
 
     /// Posts `body`; returns the reply for 200 and for SOAP faults (HTTP 500 with XML).
     pub fn post(&mut self, anchor_mailbox: &str, body: &str) -> Result<Reply, Error> {
-        let Credentials::Ntlm(creds) = &self.credentials;
-        let creds = creds.clone();
+        let creds = match &self.credentials {
+            Credentials::Ntlm(creds) => creds.clone(),
+            Credentials::Bearer(tokens) => {
+                let tokens = Arc::clone(tokens);
+                return self.post_with_token(anchor_mailbox, body, tokens.as_ref());
+            }
+        };
         if !self.authenticated {
             return self.handshake(anchor_mailbox, body, &creds);
         }
@@ -80,6 +105,47 @@ impl Transport {
         self.check_status(reply)
     }
 
+    /// Posts with a bearer token. A 401 means the token died early (revoked, clock skew, a
+    /// cached token past its real lifetime): one fresh token, then a clear error.
+    fn post_with_token(
+        &mut self,
+        anchor_mailbox: &str,
+        body: &str,
+        tokens: &dyn TokenProvider,
+    ) -> Result<Reply, Error> {
+        let mut refreshed = false;
+        loop {
+            let token = tokens.token().map_err(|err| token_error(&self.url, err))?;
+            let authorization = Secret::new(format!("Bearer {}", token.expose()));
+            let raw = self.send_raw(anchor_mailbox, body, Some(authorization.expose()))?;
+            if raw.status != 401 {
+                return self.check_status(Reply {
+                    status: raw.status,
+                    body: raw.body,
+                });
+            }
+            if !refreshed {
+                log::debug!(
+                    "{}: HTTP 401 with a bearer token; fetching a new token",
+                    self.url
+                );
+                tokens.invalidate();
+                refreshed = true;
+                continue;
+            }
+            return Err(Error::Auth {
+                url: self.url.clone(),
+                detail: format!(
+                    "the server rejected a freshly issued OAuth2 token ({}){}; check that the \
+                     app has the Exchange application permission full_access_as_app with admin \
+                     consent and may impersonate {anchor_mailbox}",
+                    tokens.describe(),
+                    bearer_rejection_detail(&raw)
+                ),
+            });
+        }
+    }
+
     fn handshake(
         &mut self,
         anchor_mailbox: &str,
@@ -92,8 +158,12 @@ impl Transport {
             detail,
         };
         let negotiate = ntlm::negotiate_header().map_err(auth_error)?;
-        let (status, challenge_headers, first) =
-            self.send_raw(anchor_mailbox, body, Some(&negotiate))?;
+        let RawReply {
+            status,
+            challenges: challenge_headers,
+            body: first,
+            ..
+        } = self.send_raw(anchor_mailbox, body, Some(&negotiate))?;
         if status != 401 {
             // The server did not ask for authentication at all.
             return self.check_status(Reply {
@@ -161,18 +231,22 @@ impl Transport {
         body: &str,
         authorization: Option<&str>,
     ) -> Result<Reply, Error> {
-        let (status, _, body) = self.send_raw(anchor_mailbox, body, authorization)?;
-        Ok(Reply { status, body })
+        let raw = self.send_raw(anchor_mailbox, body, authorization)?;
+        Ok(Reply {
+            status: raw.status,
+            body: raw.body,
+        })
     }
 
     /// Sends one request and reads the whole reply, which returns the connection to the pool.
-    /// Gives the status, the `WWW-Authenticate` values (for 401) and the body.
+    /// Gives the status, the `WWW-Authenticate` values and `x-ms-diagnostics` (for 401) and
+    /// the body.
     fn send_raw(
         &mut self,
         anchor_mailbox: &str,
         body: &str,
         authorization: Option<&str>,
-    ) -> Result<(u16, Vec<String>, Vec<u8>), Error> {
+    ) -> Result<RawReply, Error> {
         let mut request = self
             .agent
             .post(&self.url)
@@ -184,26 +258,52 @@ impl Transport {
             request = request.header("Authorization", value);
         }
         let transport_error = |err: ureq::Error| request_error(&self.url, err);
-        let mut response = request.send(body).map_err(transport_error)?;
+        let started = std::time::Instant::now();
+        let exchanged = |status, bytes, headers| {
+            crate::http::log_exchange_with_headers(
+                crate::http::EndpointClass::Ews,
+                "POST",
+                &self.url,
+                status,
+                started.elapsed(),
+                bytes,
+                headers,
+            );
+        };
+        let mut response = request.send(body).map_err(|err| {
+            exchanged(None, 0, None);
+            transport_error(err)
+        })?;
         let status = response.status().as_u16();
-        let challenges = if status == 401 {
-            response
-                .headers()
-                .get_all("www-authenticate")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .collect()
+        let (challenges, diagnostics) = if status == 401 {
+            let headers = response.headers();
+            (
+                headers
+                    .get_all("www-authenticate")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .collect(),
+                headers
+                    .get("x-ms-diagnostics")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         let retry_after = response
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = crate::http::read_body(response.body_mut(), MAX_RESPONSE_BYTES)
-            .map_err(transport_error)?;
+        let bytes = crate::http::read_body(response.body_mut(), MAX_RESPONSE_BYTES);
+        exchanged(
+            Some(status),
+            bytes.as_ref().map_or(0, |b| b.len() as u64),
+            Some(response.headers()),
+        );
+        let bytes = bytes.map_err(transport_error)?;
         if matches!(status, 429 | 503) {
             return Err(Error::Http {
                 url: self.url.clone(),
@@ -212,7 +312,12 @@ impl Transport {
                 retry_after,
             });
         }
-        Ok((status, challenges, bytes))
+        Ok(RawReply {
+            status,
+            challenges,
+            diagnostics,
+            body: bytes,
+        })
     }
 
     fn check_status(&self, reply: Reply) -> Result<Reply, Error> {
@@ -239,9 +344,115 @@ impl Transport {
     }
 }
 
+/// One reply as read off the wire.
+struct RawReply {
+    status: u16,
+    /// `WWW-Authenticate` values of a 401.
+    challenges: Vec<String>,
+    /// `x-ms-diagnostics` of a 401: Exchange Online says there why it refused a token.
+    diagnostics: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Why the server refused a bearer token, from what it said: `error_description` (or
+/// `error`) of the `Bearer` challenge, the `reason` of `x-ms-diagnostics`, or the body.
+fn bearer_rejection_detail(reply: &RawReply) -> String {
+    let mut parts = Vec::new();
+    for challenge in &reply.challenges {
+        let Some(params) = challenge
+            .trim()
+            .strip_prefix("Bearer")
+            .or_else(|| challenge.trim().strip_prefix("bearer"))
+        else {
+            continue;
+        };
+        if let Some(text) =
+            auth_param(params, "error_description").or_else(|| auth_param(params, "error"))
+        {
+            parts.push(text);
+        }
+    }
+    if let Some(diagnostics) = &reply.diagnostics {
+        parts.push(auth_param(diagnostics, "reason").unwrap_or_else(|| diagnostics.clone()));
+    }
+    if parts.is_empty() && !reply.body.is_empty() {
+        parts.push(excerpt(&reply.body));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join("; "))
+    }
+}
+
+/// The value of `name="value"` (or `name=value`) in an auth-param list.
+fn auth_param(params: &str, name: &str) -> Option<String> {
+    let mut rest = params;
+    while let Some(at) = rest.find(name) {
+        let before_ok = at == 0
+            || rest[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c == ',' || c == ';' || c.is_whitespace());
+        let after = rest[at + name.len()..].trim_start();
+        if before_ok && let Some(value) = after.strip_prefix('=') {
+            let value = value.trim_start();
+            return Some(match value.strip_prefix('"') {
+                Some(quoted) => quoted.split('"').next().unwrap_or("").to_owned(),
+                None => value
+                    .split([',', ';'])
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+            });
+        }
+        rest = &rest[at + name.len()..];
+    }
+    None
+}
+
+/// A token that could not be had, as an error of the request that needed it: the identity
+/// provider's refusal and unusable credentials are authentication failures the operator must
+/// fix; an unreachable or failing token endpoint is transient.
+pub fn token_error(resource_url: &str, err: auth::Error) -> Error {
+    match err {
+        auth::Error::Transport { url, detail } => Error::Transport {
+            url,
+            detail: format!("cannot get an OAuth2 token: {detail}"),
+        },
+        err @ (auth::Error::Rejected { .. } | auth::Error::Credential { .. }) => Error::Auth {
+            url: resource_url.to_owned(),
+            detail: format!("cannot get an OAuth2 token: {err}"),
+        },
+    }
+}
+
+/// The OAuth2 scope of the resource at `url`: its origin plus `/.default`, e.g.
+/// `https://outlook.office365.com/EWS/Exchange.asmx` → `https://outlook.office365.com/.default`
+/// and `https://graph.microsoft.com/v1.0` → `https://graph.microsoft.com/.default`. Deriving it
+/// from the configured endpoint serves national clouds (`outlook.office365.us`,
+/// `graph.microsoft.us`, …) and loopback test servers without a setting of its own.
+pub fn oauth_scope_for(url: &str) -> Option<String> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Userinfo never belongs in an audience.
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty()
+        || !(scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http"))
+    {
+        return None;
+    }
+    Some(format!(
+        "{}://{}/.default",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase()
+    ))
+}
+
 /// A request that got no response. An untrusted server certificate is an authentication
 /// failure of the server: retrying cannot fix it, the operator must.
-fn request_error(url: &str, err: ureq::Error) -> Error {
+pub(crate) fn request_error(url: &str, err: ureq::Error) -> Error {
     match err {
         ureq::Error::Other(inner) => match inner.downcast_ref::<TlsHandshakeError>() {
             Some(tls) if tls.is_untrusted() => Error::Auth {
@@ -301,6 +512,189 @@ mod tests {
         );
         assert_eq!(parse_retry_after("-1"), None);
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn oauth_scopes_come_from_the_endpoint_origin() {
+        assert_eq!(
+            oauth_scope_for("https://outlook.office365.com/EWS/Exchange.asmx").as_deref(),
+            Some("https://outlook.office365.com/.default")
+        );
+        assert_eq!(
+            oauth_scope_for("https://graph.microsoft.com/v1.0").as_deref(),
+            Some("https://graph.microsoft.com/.default")
+        );
+        assert_eq!(
+            oauth_scope_for("http://user:pw@127.0.0.1:8080/EWS/Exchange.asmx").as_deref(),
+            Some("http://127.0.0.1:8080/.default")
+        );
+        assert_eq!(oauth_scope_for("ftp://x/"), None);
+        assert_eq!(oauth_scope_for("no-scheme"), None);
+    }
+
+    #[test]
+    fn bearer_refusals_are_explained_from_the_headers() {
+        let reply = RawReply {
+            status: 401,
+            challenges: vec![
+                r#"Bearer client_id="00000002-0000-0ff1-ce00-000000000000", error="invalid_token""#
+                    .into(),
+                "Negotiate".into(),
+            ],
+            diagnostics: Some(
+                r#"2000003;reason="The hostname component of the audience claim value is invalid.";error_category="invalid_resource""#
+                    .into(),
+            ),
+            body: Vec::new(),
+        };
+        assert_eq!(
+            bearer_rejection_detail(&reply),
+            ": invalid_token; The hostname component of the audience claim value is invalid."
+        );
+        assert_eq!(
+            auth_param(
+                r#"Bearer error_description="expired", error="invalid_token""#,
+                "error"
+            ),
+            Some("invalid_token".into())
+        );
+        assert_eq!(auth_param("a=1, b=2", "b"), Some("2".into()));
+    }
+
+    /// A token provider handing out one fixed token, counting refreshes.
+    struct Fixed {
+        token: String,
+        invalidated: std::sync::atomic::AtomicUsize,
+    }
+
+    impl TokenProvider for Fixed {
+        fn token(&self) -> Result<Secret, auth::Error> {
+            Ok(Secret::new(self.token.clone()))
+        }
+        fn invalidate(&self) {
+            self.invalidated
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn describe(&self) -> String {
+            "a fixed test token".into()
+        }
+    }
+
+    #[test]
+    fn bearer_credentials_never_show_the_token() {
+        let credentials = Credentials::Bearer(Arc::new(Fixed {
+            token: "eyJ-very-secret".into(),
+            invalidated: Default::default(),
+        }));
+        let shown = format!("{credentials:?}");
+        assert!(!shown.contains("eyJ"), "{shown}");
+        assert!(shown.contains("a fixed test token"), "{shown}");
+    }
+
+    fn envelope() -> String {
+        super::super::soap::envelope(
+            "Exchange2013_SP1",
+            Some("user1@example.test"),
+            concat!(
+                "<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape>",
+                r#"<m:FolderIds><t:DistinguishedFolderId Id="msgfolderroot"/></m:FolderIds></m:GetFolder>"#
+            ),
+        )
+    }
+
+    #[test]
+    fn bearer_tokens_are_refreshed_once_on_401() {
+        use crate::auth::client_credentials::{ClientCredential, ClientCredentials};
+        let login = Arc::new(
+            fake_login::FakeLogin::start(
+                "contoso",
+                vec![fake_login::App::with_secret("app", "pw")],
+            )
+            .unwrap(),
+        );
+        let ews = fake_exchange::FakeExchange::start(
+            fake_exchange::generate(&fake_exchange::GenSpec {
+                mailboxes: 1,
+                emails_per_mailbox: 1,
+                ..Default::default()
+            }),
+            fake_exchange::Options::default(),
+        )
+        .unwrap();
+        let front = fake_graph::BearerFront::start(&ews.url(), login.clone()).unwrap();
+        let tokens = Arc::new(ClientCredentials::new(
+            login.token_url(),
+            "app".into(),
+            ClientCredential::Secret(Secret::new("pw")),
+            oauth_scope_for(&front.url()).unwrap(),
+        ));
+        let agent = crate::http::agent(&crate::http::AgentSettings::default());
+        let mut transport = Transport::new(
+            agent.clone(),
+            front.url(),
+            Credentials::Bearer(tokens.clone()),
+        );
+        assert_eq!(
+            transport
+                .post("user1@example.test", &envelope())
+                .unwrap()
+                .status,
+            200
+        );
+        login.expire_issued_tokens();
+        assert_eq!(
+            transport
+                .post("user1@example.test", &envelope())
+                .unwrap()
+                .status,
+            200
+        );
+        assert_eq!(login.issued().len(), 2);
+        assert_eq!(front.stats().unauthorized, 1);
+        assert_eq!(
+            front.stats().anchors,
+            vec![Some("user1@example.test".to_owned()); 2]
+        );
+
+        // A token that stays refused: one retry, then an error that explains, without it.
+        let fixed = Arc::new(Fixed {
+            token: "eyJ-not-for-this-server".into(),
+            invalidated: Default::default(),
+        });
+        let mut transport = Transport::new(agent, front.url(), Credentials::Bearer(fixed.clone()));
+        let Err(err) = transport.post("user1@example.test", &envelope()) else {
+            panic!("a refused token was accepted");
+        };
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, Error::Auth { .. }), "{text}");
+        assert!(text.contains("The token has expired"), "{text}");
+        assert!(!text.contains("eyJ"), "{text}");
+        assert_eq!(
+            fixed.invalidated.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+    }
+
+    #[test]
+    fn token_errors_map_to_auth_or_transport() {
+        let rejected = token_error(
+            "https://ews/",
+            auth::Error::Rejected {
+                url: "https://login/token".into(),
+                error: "invalid_client".into(),
+                description: "AADSTS7000215: Invalid client secret provided.".into(),
+            },
+        );
+        assert!(rejected.is_fatal());
+        assert!(rejected.to_string().contains("AADSTS7000215"));
+        let down = token_error(
+            "https://ews/",
+            auth::Error::Transport {
+                url: "https://login/token".into(),
+                detail: "HTTP 503".into(),
+            },
+        );
+        assert!(down.is_retryable());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::Shared;
 use super::messages::{Commit, Event, FolderJob};
 use super::state::{FolderState, MailboxState, STATE_VERSION};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// Progress of one folder job.
 struct JobProgress {
@@ -40,6 +40,7 @@ pub fn run(
     let mut jobs: HashMap<u64, JobProgress> = HashMap::new();
     let mut dirty: HashSet<usize> = HashSet::new();
     while let Ok(first) = commits.recv() {
+        let _work = metrics::working("applying acknowledgements and saving sync state");
         // Apply everything already queued before writing, so a burst of acks costs one write.
         let mut message = Some(first);
         while let Some(commit) = message.take().or_else(|| commits.try_recv().ok()) {
@@ -106,6 +107,12 @@ fn apply(
                 state.set_cursor(&progress.job.cursor);
                 state.last_synced_at = Some(OffsetDateTime::now_utc());
                 dirty.insert(progress.job.mailbox);
+                shared.metrics.folder_progress(
+                    &shared.mailboxes[progress.job.mailbox].address,
+                    &progress.job.folder.id,
+                    &progress.job.cursor,
+                    covers.len(),
+                );
             }
         }
         Commit::Listed {
@@ -123,7 +130,6 @@ fn apply(
             }
         }
     }
-    let _ = shared;
 }
 
 /// The persisted state of a job's folder, created from the job's starting cursor if new.
@@ -173,6 +179,13 @@ fn finish_done_jobs(
             Metrics::add(&shared.metrics.job_failures, 1);
             log::error!("mailbox={address} folder={:?}: {message}", job.folder.path);
         }
+        let kind = listed.error.as_ref().map_or("sink", |e| e.kind());
+        shared.metrics.folder_finished(
+            address,
+            &job.folder.id,
+            error.as_deref().map(|message| (kind, message)),
+            listed.complete && error.is_none(),
+        );
         let state = folder_state(&mut states[job.mailbox], &job);
         let (status, last_error) = match &error {
             Some(message) => ("error", Some(message.clone())),
@@ -204,6 +217,9 @@ fn persist(shared: &Shared, states: &[MailboxState], dirty: &mut HashSet<usize>)
             // worst a restart re-copies some emails, which is harmless (ids are stable).
             log::error!("mailbox={}: cannot save sync state: {err}", config.address);
             Metrics::add(&shared.metrics.job_failures, 1);
+            shared
+                .metrics
+                .record_error("state", &metrics::sink_error_kind(&err));
         }
     }
 }

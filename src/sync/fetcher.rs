@@ -9,7 +9,7 @@ use super::Shared;
 use super::messages::{Batch, Commit, Event, FolderJob, Job};
 use crate::document::EmailDoc;
 use crate::exchange::{ItemOutcome, ItemRef, MailSource};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::sink::EncodedBatch;
 
 /// Upper bound on one upload batch in bytes, whatever `reinfer_batch_size` says, so memory
@@ -33,13 +33,21 @@ pub fn run(
         match job {
             Job::Discover { mailbox } => {
                 let address = &shared.mailboxes[mailbox].address;
+                shared.metrics.discovery_started(address);
+                let _work = metrics::working(format!("discovering the folders of {address}"));
                 let result = source.discover_folders(address);
                 if let Ok(folders) = &result {
                     log::debug!("mailbox={address}: {} mail folders", folders.len());
                 }
                 let _ = events.send(Event::Discovered { mailbox, result });
             }
-            Job::SyncFolder(job) => sync_folder(source.as_mut(), &shared, job, &batches, &commits),
+            Job::SyncFolder(job) => {
+                let _work = metrics::working(format!(
+                    "syncing folder {:?} of {}",
+                    job.folder.path, shared.mailboxes[job.mailbox].address
+                ));
+                sync_folder(source.as_mut(), &shared, job, &batches, &commits);
+            }
         }
     }
 }
@@ -79,6 +87,9 @@ fn sync_folder(
             return;
         }
     };
+    shared
+        .metrics
+        .folder_listed(&address, &folder.id, listing.items.len(), listing.complete);
     if !listing.items.is_empty() {
         log::debug!(
             "mailbox={address} folder={:?}: {} new emails{}",
@@ -121,6 +132,7 @@ fn sync_folder(
                 break;
             }
         };
+        metrics::progress();
         for (item, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 ItemOutcome::Fetched(fetched) => {
@@ -137,15 +149,17 @@ fn sync_folder(
                         folder.path
                     );
                     Metrics::add(&shared.metrics.emails_skipped, 1);
+                    shared.metrics.email_skipped(&address, &code);
                     builder.push_skipped(item);
                 }
             }
-            if builder.is_full() && batches.send(builder.take()).is_err() {
+            // A full channel means the uploaders are behind: /healthz watches them, not us.
+            if builder.is_full() && metrics::waiting(|| batches.send(builder.take())).is_err() {
                 return;
             }
         }
     }
-    if !builder.is_empty() && batches.send(builder.take()).is_err() {
+    if !builder.is_empty() && metrics::waiting(|| batches.send(builder.take())).is_err() {
         return;
     }
     let _ = commits.send(listed(builder.next_seq, complete, error));

@@ -66,10 +66,11 @@ pub fn run(
     // Every worker holds a clone; when all are gone, the receiver disconnects.
     let (alive_tx, alive_rx) = bounded::<()>(0);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let metrics = shared.metrics.clone();
 
     {
         let (shared, events, alive) = (shared.clone(), event_tx.clone(), alive_tx.clone());
-        threads.push(spawn("committer", &stop, move || {
+        threads.push(spawn("committer", &stop, &metrics, move || {
             committer::run(shared, states, commit_rx, events);
             drop(alive);
         }));
@@ -81,10 +82,15 @@ pub fn run(
             commit_tx.clone(),
             alive_tx.clone(),
         );
-        threads.push(spawn(&format!("uploader-{index}"), &stop, move || {
-            uploader::run(shared, batches, commits);
-            drop(alive);
-        }));
+        threads.push(spawn(
+            &format!("uploader-{index}"),
+            &stop,
+            &metrics,
+            move || {
+                uploader::run(shared, batches, commits);
+                drop(alive);
+            },
+        ));
     }
     for (index, source) in sources.into_iter().enumerate() {
         let (shared, jobs, batches, commits, events, alive) = (
@@ -95,16 +101,25 @@ pub fn run(
             event_tx.clone(),
             alive_tx.clone(),
         );
-        threads.push(spawn(&format!("fetcher-{index}"), &stop, move || {
-            fetcher::run(source, shared, jobs, batches, commits, events);
-            drop(alive);
-        }));
+        threads.push(spawn(
+            &format!("fetcher-{index}"),
+            &stop,
+            &metrics,
+            move || {
+                fetcher::run(source, shared, jobs, batches, commits, events);
+                drop(alive);
+            },
+        ));
     }
     // Only the workers hold these now, so channels close in pipeline order.
     drop((job_rx, batch_rx, batch_tx, commit_tx, event_tx, alive_tx));
 
     let scheduler = scheduler::Scheduler::new(shared.clone(), cursors, settings.until);
-    let outcome = match spawn("scheduler", &stop, move || scheduler.run(job_tx, event_rx)).join() {
+    let outcome = match spawn("scheduler", &stop, &metrics, move || {
+        scheduler.run(job_tx, event_rx)
+    })
+    .join()
+    {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Fatal("the scheduler thread panicked".into()),
     };
@@ -143,25 +158,32 @@ pub fn run(
 
 /// Spawns a named thread. A panic in it stops the whole pipeline (a silently dead worker
 /// would wedge it) and is reported when the thread is joined.
+///
+/// The thread records into `metrics` (HTTP hooks deep in the clients find it) and is a stage
+/// `/healthz` watches.
 fn spawn<T: Send + 'static>(
     name: &str,
     stop: &StopFlag,
+    metrics: &Arc<Metrics>,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> JoinHandle<T> {
     let stop = stop.clone();
+    let metrics = metrics.clone();
     let thread_name = name.to_owned();
     std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(
-            move || match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        .spawn(move || {
+            let _context = metrics.enter_thread(Some(&thread_name));
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
                 Ok(value) => value,
                 Err(panic) => {
                     log::error!("thread {thread_name} panicked; stopping");
+                    metrics.thread_panicked(&thread_name);
                     stop.stop();
                     std::panic::resume_unwind(panic)
                 }
-            },
-        )
+            }
+        })
         // Failing to start a thread at start-up is not recoverable.
         .unwrap_or_else(|err| panic!("cannot start thread {name}: {err}"))
 }

@@ -168,6 +168,8 @@ impl Scheduler {
                 slot.discovering = true;
                 slot.next_cycle_at = now + self.shared.poll_frequency;
                 self.queue.push_back(Job::Discover { mailbox: index });
+                let address = &self.shared.mailboxes[index].address;
+                self.shared.metrics.next_poll(address, slot.next_cycle_at);
             }
         }
     }
@@ -218,10 +220,17 @@ impl Scheduler {
                         for folder in list {
                             self.queue_folder(mailbox, folder);
                         }
+                        self.shared
+                            .metrics
+                            .discovered(&address, &self.slots[mailbox].folders);
                         self.check_once_done(mailbox);
                     }
                     Err(err) if err.is_fatal() => {
-                        return Some(Outcome::Fatal(format!("mailbox={address}: {err}")));
+                        let message = err.to_string();
+                        self.shared
+                            .metrics
+                            .discovery_failed(&address, err.kind(), &message);
+                        return Some(Outcome::Fatal(format!("mailbox={address}: {message}")));
                     }
                     Err(err) => {
                         Metrics::add(&self.shared.metrics.job_failures, 1);
@@ -233,6 +242,9 @@ impl Scheduler {
                             .min(MAX_ERROR_BACKOFF)
                             .max(self.shared.poll_frequency);
                         slot.next_cycle_at = Instant::now() + retry_in;
+                        let metrics = &self.shared.metrics;
+                        metrics.next_poll(&address, slot.next_cycle_at);
+                        metrics.discovery_failed(&address, err.kind(), &err.to_string());
                         let hint = if err.is_mailbox_fatal() {
                             " (check the address and the service account's rights on this mailbox)"
                         } else {
@@ -331,6 +343,9 @@ impl Scheduler {
             })
             .clone();
         slot.busy.insert(folder.id.clone());
+        self.shared
+            .metrics
+            .folder_queued(&config.address, &folder, &cursor);
         self.next_job_id += 1;
         self.queue.push_back(Job::SyncFolder(FolderJob {
             job_id: self.next_job_id,

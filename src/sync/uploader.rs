@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::Shared;
 use super::messages::{Batch, Commit};
 use crate::exchange::throttle::retry_delay;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 
 /// Attempts per batch before the batch is reported as not stored (its folder then retries
 /// from the unchanged watermark on the next cycle).
@@ -35,12 +35,18 @@ fn store(shared: &Shared, batch: &Batch) -> bool {
         return true;
     }
     let mailbox = &shared.mailboxes[batch.mailbox];
+    let _work = metrics::working(format!(
+        "storing a batch of {} emails of {}",
+        batch.encoded.docs.len(),
+        mailbox.address
+    ));
     let mut attempt = 0;
     loop {
-        match shared
+        let result = shared
             .sink
-            .put_emails(&mailbox.bucket, &mailbox.address, &batch.encoded)
-        {
+            .put_emails(&mailbox.bucket, &mailbox.address, &batch.encoded);
+        metrics::progress();
+        match result {
             Ok(report) => {
                 let metrics = &shared.metrics;
                 for (id, reason) in &report.rejected {
@@ -57,14 +63,28 @@ fn store(shared: &Shared, batch: &Batch) -> bool {
                 );
                 Metrics::add(&metrics.bytes_synced, batch.encoded.bytes() as u64);
                 Metrics::add(&metrics.batches_uploaded, 1);
+                metrics.batch_stored(
+                    &mailbox.address,
+                    batch.encoded.docs.len() as u64 - rejected,
+                    rejected,
+                    batch.encoded.bytes() as u64,
+                );
                 return true;
             }
             Err(err) => {
                 Metrics::add(&shared.metrics.upload_failures, 1);
+                shared
+                    .metrics
+                    .record_error("upload", &metrics::sink_error_kind(&err));
                 attempt += 1;
                 // During shutdown one attempt more is all the deadline allows for.
                 if err.is_fatal() {
                     log::error!("mailbox={}: {err}; stopping", mailbox.address);
+                    // The run must end as failed (exit 1, or an in-process restart), not as a
+                    // clean stop.
+                    shared
+                        .metrics
+                        .run_failed(&format!("mailbox={}: {err}", mailbox.address));
                     shared.stop.stop();
                     return false;
                 }
@@ -81,6 +101,11 @@ fn store(shared: &Shared, batch: &Batch) -> bool {
                     .demanded_wait()
                     .unwrap_or_else(|| retry_delay(attempt - 1, RETRY_BASE, RETRY_CAP));
                 shared.metrics.record_retry("sink");
+                if let Some(demanded) = err.demanded_wait() {
+                    shared
+                        .metrics
+                        .record_throttle_wait("sink_retry_after", demanded);
+                }
                 log::warn!(
                     "mailbox={}: storing a batch failed: {err}; retry {attempt}/{} in {} ms",
                     mailbox.address,

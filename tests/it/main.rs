@@ -2,7 +2,10 @@
 //! NTLM acceptor (pyspnego), and the local-files sink.
 
 mod azure;
+mod ews_oauth;
+mod graph;
 mod hard_servers;
+mod ops;
 mod reinfer;
 mod support;
 mod tls;
@@ -148,6 +151,7 @@ fn restart_after_kill_9_resumes_with_nothing_missing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     // Kill it between batches: once some state is saved, long before it is done.
     wait_until(Duration::from_secs(60), "the first saved state", || {
         prefix.join("state").exists() && !files_under(&prefix.join("state")).is_empty()
@@ -208,6 +212,7 @@ fn sigterm_stops_cleanly_and_saves_state() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     wait_until(Duration::from_secs(60), "the first copy", || {
         read_docs(&prefix).len() == fake.data().mailboxes[0].synced_items().count()
     });
@@ -534,6 +539,7 @@ fn config_edits_apply_without_a_restart_and_bad_edits_are_rejected() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let mailboxes_with_docs = |prefix: &std::path::Path| -> std::collections::HashSet<String> {
         read_docs(prefix)
             .iter()

@@ -182,6 +182,7 @@ fn state_in_the_bucket_survives_kill_9() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     wait_until(Duration::from_secs(60), "some saved state", || {
         !api.sync_states("demo", "emails").is_empty()
     });
@@ -231,6 +232,7 @@ fn a_config_edit_in_the_api_takes_effect_without_a_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let count_for = |mailbox: &str| {
         stored(&api)
             .iter()

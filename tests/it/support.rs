@@ -347,3 +347,17 @@ impl Drop for NtlmProxy {
         let _ = self.child.wait();
     }
 }
+
+/// Kills a spawned daemon if the test fails before it could stop it, so a failing test never
+/// leaves a process behind.
+pub struct KillOnPanic(pub u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}

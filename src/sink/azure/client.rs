@@ -435,6 +435,18 @@ impl BlobClient {
         headers: &[(&'static str, String)],
         authorization: &Secret,
     ) -> Result<RawReply, Failure> {
+        let started = std::time::Instant::now();
+        let exchanged = |status, bytes, headers| {
+            crate::http::log_exchange_with_headers(
+                crate::http::EndpointClass::AzureBlob,
+                request.method,
+                url,
+                status,
+                started.elapsed(),
+                bytes,
+                headers,
+            );
+        };
         let transient = |err: ureq::Error| Failure::Transient {
             detail: err.to_string(),
         };
@@ -458,7 +470,10 @@ impl BlobClient {
                     .call()
             }
         };
-        let mut response = response.map_err(transient)?;
+        let mut response = response.map_err(|err| {
+            exchanged(None, 0, None);
+            transient(err)
+        })?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -475,7 +490,13 @@ impl BlobClient {
         } else {
             MAX_ERROR_BODY_BYTES
         };
-        let body = crate::http::read_body(response.body_mut(), limit).map_err(transient)?;
+        let body = crate::http::read_body(response.body_mut(), limit);
+        exchanged(
+            Some(status),
+            body.as_ref().map_or(0, |b| b.len() as u64),
+            Some(response.headers()),
+        );
+        let body = body.map_err(transient)?;
         Ok(RawReply {
             status,
             demanded_wait,

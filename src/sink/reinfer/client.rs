@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::exchange::throttle::{BackoffGate, MAX_DEMANDED_WAIT, retry_delay};
 use crate::exchange::transport::{excerpt, parse_retry_after};
+use crate::http::EndpointClass;
 use crate::secret::{REDACTED, Secret};
 use crate::shutdown::StopFlag;
 use crate::sink::Error;
@@ -188,6 +189,18 @@ impl Client {
     /// One request. `Err` is a transport failure (connect, timeout, reset), as text.
     fn send_once(&self, call: &Call) -> Result<Reply, String> {
         let authorization = format!("Bearer {}", self.token.expose());
+        let started = std::time::Instant::now();
+        let exchanged = |status, bytes, headers| {
+            crate::http::log_exchange_with_headers(
+                EndpointClass::Reinfer,
+                call.method.as_str(),
+                call.url,
+                status,
+                started.elapsed(),
+                bytes,
+                headers,
+            );
+        };
         let result = match (call.method, call.body) {
             (Method::Get, _) => self
                 .agent
@@ -203,7 +216,10 @@ impl Client {
                 .content_type("application/json")
                 .send(body.unwrap_or_default()),
         };
-        let mut response = result.map_err(|err| self.scrub(&err.to_string()))?;
+        let mut response = result.map_err(|err| {
+            exchanged(None, 0, None);
+            self.scrub(&err.to_string())
+        })?;
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -218,14 +234,13 @@ impl Client {
             .and_then(parse_retry_after)
             .map(|wait| wait.min(MAX_DEMANDED_WAIT));
         let location = header("location");
-        let body = crate::http::read_body(response.body_mut(), MAX_REPLY_BYTES)
-            .map_err(|err| self.scrub(&format!("reading the response: {err}")))?;
-        log::debug!(
-            "{} {} → HTTP {status} ({} bytes)",
-            call.method.as_str(),
-            call.url,
-            body.len()
+        let body = crate::http::read_body(response.body_mut(), MAX_REPLY_BYTES);
+        exchanged(
+            Some(status),
+            body.as_ref().map_or(0, |b| b.len() as u64),
+            Some(response.headers()),
         );
+        let body = body.map_err(|err| self.scrub(&format!("reading the response: {err}")))?;
         Ok(Reply {
             status,
             body,

@@ -61,6 +61,7 @@ impl ReinferSink {
     pub(super) fn put_range(
         &self,
         bucket: &Bucket,
+        mailbox: &str,
         batch: &EncodedBatch,
         range: Range<usize>,
         rejected: &mut Vec<(String, String)>,
@@ -68,7 +69,7 @@ impl ReinferSink {
         let url = self.url(&paths::bucket(bucket, &["emails"]));
         let body = body(&batch.docs[range.clone()]);
         let what = format!(
-            "storing {} emails ({} bytes) in {}/{}",
+            "mailbox={mailbox}: storing {} emails ({} bytes) in {}/{}",
             range.len(),
             body.len(),
             bucket.owner,
@@ -102,8 +103,8 @@ impl ReinferSink {
             reply.status
         );
         let middle = range.start + range.len() / 2;
-        self.put_range(bucket, batch, range.start..middle, rejected)?;
-        self.put_range(bucket, batch, middle..range.end, rejected)
+        self.put_range(bucket, mailbox, batch, range.start..middle, rejected)?;
+        self.put_range(bucket, mailbox, batch, middle..range.end, rejected)
     }
 }
 

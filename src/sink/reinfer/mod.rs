@@ -263,7 +263,7 @@ impl Sink for ReinferSink {
             );
         }
         for range in ranges {
-            self.put_range(bucket, batch, range, &mut report.rejected)?;
+            self.put_range(bucket, mailbox, batch, range, &mut report.rejected)?;
         }
         Ok(report)
     }

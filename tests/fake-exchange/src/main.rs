@@ -46,6 +46,60 @@ struct Args {
     /// also stop when stdin reaches end of file
     #[argh(switch)]
     exit_on_stdin_eof: bool,
+    /// benchmarks: add one email of about this many MIME bytes (a base64 attachment) to the
+    /// first mailbox's Inbox, received amid the others (0 = none)
+    #[argh(option, default = "0")]
+    big_email_bytes: usize,
+    /// benchmarks: serve the request counters as JSON at GET /_bench/stats and print
+    /// `expect emails=N mime-bytes=M` (what a correct client copies) before `ready`
+    #[argh(switch)]
+    bench_stats: bool,
+}
+
+/// A multipart/mixed message of about `size` bytes: a short text part and a PDF-typed
+/// attachment of pseudo-random (incompressible) base64, wrapped at 76 columns like a mail
+/// client writes it.
+fn big_mime(size: usize, address: &str, received: time::OffsetDateTime) -> Vec<u8> {
+    use base64::Engine;
+    let date = received
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    let head = format!(
+        concat!(
+            "From: Big Sender <big.sender@contoso.example>\r\nTo: <{to}>\r\n",
+            "Subject: Large attachment (benchmark)\r\nDate: {date}\r\n",
+            "Message-ID: <big-email-{size}@contoso.example>\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"big-boundary\"\r\n\r\n",
+            "--big-boundary\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+            "The scan you asked for is attached.\r\n\r\n",
+            "--big-boundary\r\nContent-Type: application/pdf; name=\"scan.pdf\"\r\n",
+            "Content-Disposition: attachment; filename=\"scan.pdf\"\r\n",
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+        ),
+        to = address,
+        date = date,
+        size = size,
+    );
+    let tail = "\r\n--big-boundary--\r\n";
+    // 76 base64 characters + CRLF carry 57 bytes.
+    let lines = size.saturating_sub(head.len() + tail.len()) / 78;
+    let mut raw = vec![0u8; lines * 57];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in raw.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&raw);
+    let mut mime = Vec::with_capacity(size + 128);
+    mime.extend_from_slice(head.as_bytes());
+    for line in encoded.as_bytes().chunks(76) {
+        mime.extend_from_slice(line);
+        mime.extend_from_slice(b"\r\n");
+    }
+    mime.extend_from_slice(tail.as_bytes());
+    mime
 }
 
 fn parse_ntlm(s: &str) -> Result<NtlmUser, String> {
@@ -87,11 +141,33 @@ fn main() {
         None => format!("{prefix}{}@example.test", n + 1),
     });
     let addresses: Vec<String> = data.mailboxes.iter().map(|m| m.address.clone()).collect();
+    // The big email's place: the first mailbox's Inbox, at the median received time.
+    let big = (args.big_email_bytes > 0)
+        .then(|| data.mailboxes.first())
+        .flatten()
+        .and_then(|mb| {
+            let inbox = mb
+                .folders
+                .iter()
+                .find(|f| f.parent_id.is_none() && f.display_name == "Inbox")?;
+            let mut times: Vec<_> = inbox.items.iter().map(|i| i.received).collect();
+            times.sort();
+            let received = times.get(times.len() / 2).copied().unwrap_or(spec.start);
+            Some((mb.address.clone(), inbox.id.clone(), received))
+        });
+    let (mut expect_emails, mut expect_bytes) = (0u64, 0u64);
+    for mb in &data.mailboxes {
+        for (_, item) in mb.synced_items() {
+            expect_emails += 1;
+            expect_bytes += item.mime.len() as u64;
+        }
+    }
     let options = Options {
         ntlm,
         latency: Duration::from_millis(args.latency_ms),
         threads: args.threads,
         max_find_page: args.max_find_page,
+        bench_stats: args.bench_stats,
     };
     let server = match FakeExchange::start_at(
         data,
@@ -107,10 +183,20 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some((address, inbox, received)) = big {
+        let mime = big_mime(args.big_email_bytes, &address, received);
+        expect_emails += 1;
+        expect_bytes += mime.len() as u64;
+        let item = fake_exchange::make_item(args.seed ^ 0xB16, received, mime);
+        server.add_item(&address, &inbox, item);
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {}", server.url());
     for a in &addresses {
         let _ = writeln!(out, "mailbox {a}");
+    }
+    if args.bench_stats {
+        let _ = writeln!(out, "expect emails={expect_emails} mime-bytes={expect_bytes}");
     }
     let _ = writeln!(out, "ready");
     let _ = out.flush();

@@ -38,6 +38,9 @@ pub struct Options {
     pub threads: usize,
     /// Server cap on MaxEntriesReturned (EWSFindCountLimit); larger pages come back partial.
     pub max_find_page: usize,
+    /// Benchmarks: answer `GET /_bench/stats` (no authentication, not counted) with the request
+    /// counters as JSON, so a harness can take per-run deltas of one long-lived server.
+    pub bench_stats: bool,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             latency: Duration::ZERO,
             threads: 16,
             max_find_page: 1000,
+            bench_stats: false,
         }
     }
 }
@@ -836,6 +840,12 @@ impl Handler for Inner {
     }
 
     fn handle(&self, req: &HttpRequest) -> Reply {
+        if self.options.bench_stats
+            && req.method == "GET"
+            && req.path.split('?').next() == Some(BENCH_STATS_PATH)
+        {
+            return self.bench_stats_reply();
+        }
         {
             let mut s = self.stats();
             s.http_requests += 1;
@@ -886,7 +896,46 @@ impl Handler for Inner {
     }
 }
 
+/// Where [`Options::bench_stats`] serves the counters.
+pub const BENCH_STATS_PATH: &str = "/_bench/stats";
+
 impl Inner {
+    /// The counters a benchmark needs, as one JSON object: `http_requests` (every HTTP request
+    /// but these), `operations` (by name), `ntlm_handshakes`, `get_item_ids` (ItemIds asked
+    /// for), `max_concurrent`, `in_flight`.
+    fn bench_stats_reply(&self) -> Reply {
+        use std::sync::atomic::Ordering;
+        let s = self.stats();
+        let operations = s
+            .operations
+            .iter()
+            .map(|(k, v)| format!("\"{}\":{v}", k.replace(['"', '\\'], "")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let body = format!(
+            concat!(
+                "{{\"http_requests\":{},\"operations\":{{{}}},\"ntlm_handshakes\":{},",
+                "\"get_item_ids\":{},\"get_item_requests\":{},\"max_concurrent\":{},",
+                "\"in_flight\":{}}}\n"
+            ),
+            s.http_requests,
+            operations,
+            s.ntlm_handshakes,
+            s.get_item_batch_sizes.iter().sum::<usize>(),
+            s.get_item_batch_sizes.len(),
+            self.counters.max_in_flight.load(Ordering::SeqCst),
+            self.counters.in_flight.load(Ordering::SeqCst).saturating_sub(1),
+        );
+        drop(s);
+        Reply::Respond(HttpResponse {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.into_bytes(),
+            chunked: false,
+            close: false,
+        })
+    }
+
     /// Everything after authentication and the HTTP-level faults.
     fn process(&self, req: &HttpRequest, user: Option<&str>, plan: &Plan) -> Reply {
         let authenticated = user.is_some();
