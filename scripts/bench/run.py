@@ -54,9 +54,9 @@ SCENARIOS = {
         exchangelib=True,
     ),
     "c": dict(
-        title="(c) one mailbox, 50,000 emails x 20 KB (control: 5,000)",
-        full=dict(mailboxes=1, emails=50_000, mime=20_000, latency=0, control=5_000),
-        quick=dict(mailboxes=1, emails=10_000, mime=20_000, latency=0, control=2_000),
+        title="(c) one mailbox, 50,000 emails x 20 KB (control: 25,000)",
+        full=dict(mailboxes=1, emails=50_000, mime=20_000, latency=0, control=25_000),
+        quick=dict(mailboxes=1, emails=10_000, mime=20_000, latency=0, control=5_000),
     ),
     "d": dict(
         title="(d) 2,000 mailboxes x 5 emails, two cycles",
@@ -194,13 +194,16 @@ class Sampler(threading.Thread):
         self.pid, self.period = pid, period
         self.max_rss = 0
         self.hwm = 0
+        self.timeline = []  # (seconds since start, VmRSS)
         self.done = threading.Event()
 
     def run(self):
+        t0 = time.monotonic()
         while not self.done.is_set():
             rss, hwm = proc_mem(self.pid)
             if rss is None:
                 break
+            self.timeline.append((time.monotonic() - t0, rss))
             self.max_rss = max(self.max_rss, rss)
             self.hwm = max(self.hwm, hwm or 0)
             self.done.wait(self.period)
@@ -234,10 +237,22 @@ def run_measured(cmd, env, fake, timeout):
         "sys_s": ru.ru_stime,
         "peak_rss": ru.ru_maxrss * 1024,
         "sampled_max_rss": sampler.max_rss,
+        "rss_halves": halves(sampler.timeline),
         "fake_cpu_s": c1 - c0,
         "requests": delta,
         "output_tail": (out[0] if out else b"").decode(errors="replace")[-3000:],
     }
+
+
+def halves(timeline):
+    """Max VmRSS in the first and in the second half of a run: memory that grows with the
+    number of emails processed shows as a second half above the first."""
+    if len(timeline) < 4:
+        return None
+    mid = timeline[-1][0] / 2
+    first = max(r for t, r in timeline if t <= mid)
+    second = max(r for t, r in timeline if t > mid)
+    return [first, second]
 
 
 def count_docs(directory):
@@ -587,9 +602,17 @@ def evaluate(key, r):
         summary["control_peak_rss"] = control
         checks.append(("peak RSS <= 64 MB", peak <= 64 * MIB, f"{peak / MIB:.1f} MiB"))
         growth = peak - control
-        checks.append(("RSS not growing with mailbox size (<= +10% or 4 MiB)",
+        checks.append(("peak RSS not growing with mailbox size (2x emails: <= +10% or 4 MiB)",
                        growth <= max(4 * MIB, 0.1 * control),
                        f"{control / MIB:.1f} -> {peak / MIB:.1f} MiB"))
+        halves_ = [x["rss_halves"] for x in ours if x.get("rss_halves")]
+        if halves_:
+            first = statistics.median(h[0] for h in halves_)
+            second = statistics.median(h[1] for h in halves_)
+            summary["rss_first_half"], summary["rss_second_half"] = first, second
+            checks.append(("RSS flat within the run (2nd half max <= 1st half max + 10% or 4 MiB)",
+                           second - first <= max(4 * MIB, 0.1 * first),
+                           f"{first / MIB:.1f} -> {second / MIB:.1f} MiB"))
     elif key == "d":
         first = med(runs, "cpu_ms_per_mailbox")
         second = med(r["second_cycle_runs"], "cpu_ms_per_mailbox")

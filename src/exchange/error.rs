@@ -58,6 +58,8 @@ const MAILBOX_FATAL_EWS_CODES: &[&str] = &[
     "ErrorMissingEmailAddress",
     "ErrorAccessDenied",
     "ErrorMailboxConfiguration",
+    "MailboxNotEnabledForRESTAPI",
+    "ErrorInvalidUser",
 ];
 
 impl Error {

@@ -103,6 +103,10 @@ pub fn read_docs(prefix: &Path) -> Vec<(PathBuf, Value)> {
     }
     for path in files_under(&data) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // A running daemon's write in flight: not stored yet (it may be gone by now).
+        if name.starts_with(".tmp-") {
+            continue;
+        }
         assert!(
             name.ends_with(".jsonl"),
             "unexpected file in the data tree: {}",

@@ -260,7 +260,9 @@ impl GraphClient {
                     ),
                 });
             }
-            if matches!(&err, Error::Ews { code, .. } if code == "ApplicationThrottled") {
+            let over_concurrency = wire::error_of(&response.body)
+                .is_some_and(|(code, _, _)| code.eq_ignore_ascii_case("ApplicationThrottled"));
+            if over_concurrency {
                 let now = limits.requests.lower();
                 log::warn!(
                     "mailbox={mailbox}: Graph says we exceed its per-mailbox concurrency; now at \

@@ -460,3 +460,36 @@ fn next_links_to_another_host_are_refused() {
     let good = format!("{}/users/a?%24skip=10", setup.graph.url());
     assert_eq!(source.client.check_link(&good).unwrap(), good);
 }
+
+#[test]
+fn mailbox_concurrency_refusals_lower_the_limit() {
+    let setup = setup(
+        10,
+        Options {
+            latency: Duration::from_millis(30),
+            ..Options::default()
+        },
+    );
+    // A stricter mailbox than Exchange Online's four.
+    setup.graph.set_fault(Fault {
+        mailbox_concurrency_limit: Some(2),
+        retry_after: Some(RetryAfter::Value("0.05".into())),
+        ..Fault::default()
+    });
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let mut source = setup.source();
+            scope.spawn(move || source.discover_folders(MAILBOX).unwrap());
+        }
+    });
+    let stats = setup.graph.stats();
+    assert!(
+        stats
+            .injected
+            .iter()
+            .any(|i| i.contains("ApplicationThrottled")),
+        "{:?}",
+        stats.injected
+    );
+    assert!(setup.mailboxes.limits(MAILBOX).requests.current() < MAX_REQUESTS_PER_MAILBOX);
+}
