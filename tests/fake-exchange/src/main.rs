@@ -196,7 +196,10 @@ fn main() {
         let _ = writeln!(out, "mailbox {a}");
     }
     if args.bench_stats {
-        let _ = writeln!(out, "expect emails={expect_emails} mime-bytes={expect_bytes}");
+        let _ = writeln!(
+            out,
+            "expect emails={expect_emails} mime-bytes={expect_bytes}"
+        );
     }
     let _ = writeln!(out, "ready");
     let _ = out.flush();

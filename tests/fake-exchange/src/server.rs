@@ -924,7 +924,10 @@ impl Inner {
             s.get_item_batch_sizes.iter().sum::<usize>(),
             s.get_item_batch_sizes.len(),
             self.counters.max_in_flight.load(Ordering::SeqCst),
-            self.counters.in_flight.load(Ordering::SeqCst).saturating_sub(1),
+            self.counters
+                .in_flight
+                .load(Ordering::SeqCst)
+                .saturating_sub(1),
         );
         drop(s);
         Reply::Respond(HttpResponse {
