@@ -150,10 +150,13 @@ fn throttling_and_flaky_responses_still_give_an_exact_copy() {
     )
     .unwrap();
     fake.set_fault(Fault {
-        busy_every_nth: Some(5),
-        busy_back_off_ms: 200,
-        busy_in_message_every_nth: Some(7),
-        inner_busy_every_nth: Some(11),
+        // Waits well above the fake's grace for other connections (a thread cannot know of a
+        // back-off before it has read the answer that demanded it; on a loaded 2-core CI
+        // machine that takes tens of milliseconds), so cross-thread violations still show.
+        busy_every_nth: Some(9),
+        busy_back_off_ms: 700,
+        busy_in_message_every_nth: Some(15),
+        inner_busy_every_nth: Some(23),
         http_503_every_nth: Some(13),
         drop_every_nth: Some(17),
         html_500_every_nth: Some(19),

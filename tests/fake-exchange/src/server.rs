@@ -182,7 +182,7 @@ pub struct Arrival {
 /// A request on another connection that arrives this soon after a back-off was demanded is not
 /// a violation: the client's other threads may have sent it before the answer that demanded
 /// the pause was read. (On the connection that got the answer nothing is excused.)
-pub const BACK_OFF_GRACE: Duration = Duration::from_millis(50);
+pub const BACK_OFF_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
