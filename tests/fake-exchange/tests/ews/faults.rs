@@ -494,7 +494,7 @@ fn violations_excuse_other_connections_only_within_the_grace() {
     let stats = Stats {
         back_offs: vec![BackOff {
             sent_at: t0 + ms(100),
-            wait: ms(200),
+            wait: BACK_OFF_GRACE * 4,
             kind: BackOffKind::ServerBusy,
             conn_id: 1,
             peer_port: 0,
@@ -504,7 +504,7 @@ fn violations_excuse_other_connections_only_within_the_grace() {
             arrival(ms(101), 1),                          // same connection: violation
             arrival(ms(101), 2),                          // other connection, in the grace
             arrival(ms(100) + BACK_OFF_GRACE + ms(1), 3), // other connection, after it
-            arrival(ms(300), 2),                          // the pause is over
+            arrival(ms(100) + BACK_OFF_GRACE * 4, 2),     // the pause is over
         ],
         ..Stats::default()
     };
