@@ -304,6 +304,8 @@ class Bench:
             "quick": args.quick,
             "repeat": args.repeat,
             "fetches": args.fetches,
+            "client": self.client_bin,
+            "source": source_state(os.path.dirname(os.path.dirname(self.client_bin))),
             "scenarios": {},
         }
 
@@ -651,6 +653,21 @@ def evaluate(key, r):
         log(f"   {'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']}")
 
 
+def source_state(_target_dir):
+    """The commit and the modified files of the checkout this script belongs to (the binary
+    measured is built from it unless --client says otherwise)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src",
+                                "Cargo.toml", "Cargo.lock"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        return {"head": head, "modified": [line[3:] for line in dirty if line.strip()]}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def machine():
     info = {"cores": os.cpu_count()}
     try:
@@ -681,6 +698,10 @@ def fmt(v, unit=""):
 
 def print_table(results, stream=sys.stdout):
     w = stream.write
+    src = results.get("source", {})
+    w(f"\nclient {results.get('client')}; checkout {src.get('head', '?')}"
+      f"{' with uncommitted changes in ' + str(len(src['modified'])) + ' files' if src.get('modified') else ''}; "
+      f"max_concurrent_fetches {results.get('fetches')}; {results.get('repeat')} runs each, medians\n")
     w("\n| scenario | client | wall s | emails/s | MB/s | CPU s /1k emails | peak RSS MiB "
       "| ceiling (plan) | ratio | fake CPU s |\n")
     w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
