@@ -7,7 +7,7 @@
 #
 # Usage: scripts/bench.sh [--quick] [--scenario abcdef] [--repeat N] [--json FILE]
 #                         [--fetches N] [--uploads N] [--no-exchangelib] [--no-build]
-#   --quick       smaller sizes (about 1 minute in all)
+#   --quick       smaller sizes (about 1.5 minutes; the full run takes about 5)
 #   --scenario    letters of the scenarios to run (default: all), e.g. --scenario ab
 #   --repeat      runs per scenario, median reported (default 2)
 #   --json FILE   also write every measurement as JSON
