@@ -103,6 +103,101 @@ impl EmailDoc {
     }
 }
 
+impl EmailDoc {
+    /// The document as JSON: exactly the bytes `serde_json::to_vec` writes (a test checks
+    /// it), but faster and tighter. The MIME text, nearly all of a document, is escaped eight
+    /// bytes at a time instead of one (serde_json's escaping was a fifth of the CPU spent per
+    /// email), and the buffer is sized up front instead of growing by doubling, which left up
+    /// to half of every document's memory unused while it waited for the sink.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mime = self.mime_content.len();
+        let mut out = Vec::with_capacity(mime + mime / 16 + 1024);
+        // Serialising strings and our own plain structs into a Vec cannot fail.
+        out.extend_from_slice(br#"{"id":"#);
+        let _ = serde_json::to_writer(&mut out, &self.id);
+        out.extend_from_slice(br#","mailbox":"#);
+        let _ = serde_json::to_writer(&mut out, &self.mailbox);
+        out.extend_from_slice(br#","timestamp":"#);
+        let _ = serde_json::to_writer(&mut out, &self.timestamp);
+        out.extend_from_slice(br#","mime_content":"#);
+        write_json_string(&mut out, &self.mime_content);
+        out.extend_from_slice(br#","metadata":"#);
+        let _ = serde_json::to_writer(&mut out, &self.metadata);
+        if !self.attachments.is_empty() {
+            out.extend_from_slice(br#","attachments":"#);
+            let _ = serde_json::to_writer(&mut out, &self.attachments);
+        }
+        out.push(b'}');
+        if out.capacity() - out.len() > out.len() / 8 {
+            out.shrink_to_fit();
+        }
+        out
+    }
+}
+
+/// Writes `text` as a JSON string the way serde_json does: quote and backslash escaped, control
+/// characters as short escapes or `\u00XX`, everything else (non-ASCII included) as is.
+/// Bytes to escape are found eight at a time with exact per-byte bit tests.
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    // `start`: first byte not copied yet; `i`: where the search goes on.
+    let mut start = 0;
+    let mut i = 0;
+    while let Some(at) = next_escape(bytes, i) {
+        out.extend_from_slice(&bytes[start..at]);
+        let b = bytes[at];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0C => out.extend_from_slice(b"\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xF)]);
+            }
+        }
+        i = at + 1;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Position of the first byte at or after `from` that JSON needs escaped: below 0x20, a
+/// quote or a backslash.
+fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOWS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte that is zero / below 0x20. Exact: the additions cannot carry
+    // from one byte into the next.
+    let zero = |w: u64| !(((w & LOWS) + LOWS) | w) & HIGHS;
+    let control = |w: u64| !(((w & LOWS) + ONES * 0x60) | w) & HIGHS;
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let mask =
+            control(w) | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')));
+        if mask != 0 {
+            return Some(i + (mask.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let tail = bytes.get(i..).unwrap_or_default();
+    tail.iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .map(|p| i + p)
+}
+
 /// The Internet Message-ID (angle brackets included, as the reinfer CLI does) when the email
 /// has one; otherwise a stable hash of the mailbox and the Exchange item id.
 pub fn email_id(mailbox: &str, item: &FetchedItem) -> String {
@@ -186,6 +281,56 @@ mod tests {
         assert_eq!(hashed, email_id("a@b.c", &item));
         item.item_id = "other".into();
         assert_ne!(hashed, email_id("a@b.c", &item));
+    }
+
+    #[test]
+    fn json_is_exactly_what_serde_json_writes() {
+        let mut texts: Vec<String> = vec![
+            String::new(),
+            "Subject: hi\r\n\r\nbody".into(),
+            "quotes \" and \\ backslashes, \u{7f} \u{80} café ✓ 日本語".into(),
+            (0u8..0x80).map(char::from).collect(),
+            "x".repeat(1000) + "\"" + &"y\r\n".repeat(300),
+        ];
+        // Every byte value at every offset of an 8-byte word.
+        for offset in 0..9 {
+            for b in 0u8..0x80 {
+                texts.push(format!(
+                    "{}{}{}",
+                    "a".repeat(offset),
+                    char::from(b),
+                    "b".repeat(9)
+                ));
+            }
+        }
+        for text in texts {
+            let doc = EmailDoc {
+                id: "<a\"b@x>".into(),
+                mailbox: "a@b.c".into(),
+                timestamp: "2024-03-01T08:59:58Z".into(),
+                mime_content: text,
+                metadata: Metadata {
+                    folder: vec!["Inbox".into(), "R&D \"x\"".into()],
+                    categories: vec!["Projekt Ü".into()],
+                    ..Default::default()
+                },
+                attachments: Vec::new(),
+            };
+            assert_eq!(doc.to_json(), serde_json::to_vec(&doc).unwrap());
+            let with_attachment = EmailDoc {
+                attachments: vec![Attachment {
+                    name: "a\u{1}.pdf".into(),
+                    size: 3,
+                    content_type: "application/pdf".into(),
+                    inline: false,
+                }],
+                ..doc
+            };
+            assert_eq!(
+                with_attachment.to_json(),
+                serde_json::to_vec(&with_attachment).unwrap()
+            );
+        }
     }
 
     #[test]

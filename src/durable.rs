@@ -34,6 +34,15 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 /// Writes `contents` to `path` so that `path` either keeps its old contents or has all of the
 /// new ones, even across a crash or power loss. Parent directories are created.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), WriteError> {
+    write_atomically_with(path, |file| file.write_all(contents))
+}
+
+/// [`write_atomically`] for contents that `write` produces piece by piece, so a caller
+/// need not assemble them in one buffer first.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), WriteError> {
     let fail = |source| WriteError {
         path: path.to_path_buf(),
         source,
@@ -52,7 +61,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), WriteError> 
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
         file_name.to_string_lossy()
     ));
-    let result = write_and_sync(&temp, contents).and_then(|()| fs::rename(&temp, path));
+    let result = write_and_sync(&temp, write).and_then(|()| fs::rename(&temp, path));
     if let Err(err) = result {
         let _ = fs::remove_file(&temp);
         return Err(fail(err));
@@ -61,9 +70,9 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), WriteError> 
     File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
 }
 
-fn write_and_sync(path: &Path, contents: &[u8]) -> io::Result<()> {
+fn write_and_sync(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    file.write_all(contents)?;
+    write(&mut file)?;
     file.sync_all()
 }
 

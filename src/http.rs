@@ -58,7 +58,15 @@ fn config_builder() -> ConfigBuilder<AgentScope> {
         .timeout_recv_response(Some(Duration::from_secs(RECV_RESPONSE_TIMEOUT_SECS)))
         .timeout_per_read(Some(Duration::from_secs(PER_READ_TIMEOUT_SECS)))
         .user_agent(USER_AGENT)
+        // ureq's default 128 KiB each way, per agent, is kept for the agent's lifetime; the
+        // buffers only need to hold a request or response head, and 32 KiB reads of a large
+        // body cost nothing measurable.
+        .input_buffer_size(IO_BUFFER_BYTES)
+        .output_buffer_size(IO_BUFFER_BYTES)
 }
+
+/// Size of each agent's input and output buffer.
+const IO_BUFFER_BYTES: usize = 32 * 1024;
 
 /// Builds an agent for endpoints other than EWS (sinks, token endpoints), on ureq's
 /// native-tls (OpenSSL) stack with the system trust store. Applies `verify_tls`; the cipher

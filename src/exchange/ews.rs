@@ -170,7 +170,7 @@ impl EwsSource {
         operation: &str,
         body: &str,
         give_back_timeouts: bool,
-        read: impl Fn(&roxmltree::Document<'_>) -> Result<T, Error>,
+        read: impl Fn(&roxmltree::Document<'_>, &soap::Lifted<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let impersonate = (self.access == Access::Impersonation).then_some(mailbox);
         let mut attempt = 0;
@@ -192,11 +192,13 @@ impl EwsSource {
             .and_then(|text| {
                 // A fault or a whole-request throttling error fails the request; per-item
                 // errors are for `read`.
-                let clean = soap::sanitize_char_refs(&text);
+                // MIME payloads skip the XML parser (see `soap::Lifted`).
+                let lifted = soap::Lifted::mime_content(&text);
+                let clean = soap::sanitize_char_refs(&lifted.skeleton);
                 let doc = soap::parse(&clean)?;
                 soap::check_fault(&doc)?;
                 check_request_level_errors(&doc)?;
-                read(&doc)
+                read(&doc, &lifted)
             });
             // An answer, even an error, is progress for /healthz.
             crate::metrics::progress();
@@ -287,7 +289,7 @@ impl EwsSource {
             ),
             self.distinguished_folder("msgfolderroot", mailbox)
         );
-        self.call(mailbox, "GetFolder", &body, false, |doc| {
+        self.call(mailbox, "GetFolder", &body, false, |doc, _| {
             let (node, status) = first_message(doc)?;
             if !status.success {
                 return Err(status.into_error());
@@ -417,7 +419,9 @@ impl MailSource for EwsSource {
                 offset = offset,
                 root = self.distinguished_folder("msgfolderroot", mailbox),
             );
-            let (found, page) = self.call(mailbox, "FindFolder", &body, false, read_folder_page)?;
+            let (found, page) = self.call(mailbox, "FindFolder", &body, false, |doc, _| {
+                read_folder_page(doc)
+            })?;
             let returned = found.len();
             for (id, folder) in found {
                 if let std::collections::hash_map::Entry::Vacant(slot) = folders.entry(id) {
@@ -482,7 +486,7 @@ impl MailSource for EwsSource {
                 restriction = restriction,
                 folder = escape(&folder.id),
             );
-            let (page_items, page) = self.call(mailbox, "FindItem", &body, false, |doc| {
+            let (page_items, page) = self.call(mailbox, "FindItem", &body, false, |doc, _| {
                 read_item_page(doc, mailbox, folder)
             })?;
             let page_len = page_items.len();
@@ -611,9 +615,13 @@ impl EwsSource {
             properties = properties,
             ids = ids
         );
-        self.call(mailbox, "GetItem", &body, give_back_timeouts, |doc| {
-            read_items(doc, items)
-        })
+        self.call(
+            mailbox,
+            "GetItem",
+            &body,
+            give_back_timeouts,
+            |doc, lifted| read_items(doc, lifted, items),
+        )
     }
 }
 
@@ -727,7 +735,11 @@ fn read_item_page(
     Ok((page_items, root_folder_page(root)?))
 }
 
-fn read_items(doc: &roxmltree::Document<'_>, items: &[ItemRef]) -> Result<Vec<ItemOutcome>, Error> {
+fn read_items(
+    doc: &roxmltree::Document<'_>,
+    lifted: &soap::Lifted<'_>,
+    items: &[ItemRef],
+) -> Result<Vec<ItemOutcome>, Error> {
     let messages = soap::response_messages(doc)?;
     if messages.len() != items.len() {
         return Err(malformed(format!(
@@ -750,7 +762,7 @@ fn read_items(doc: &roxmltree::Document<'_>, items: &[ItemRef]) -> Result<Vec<It
             }
             let item = child(node, NS_MESSAGES, "Items")
                 .and_then(|items| items.children().find(|n| n.is_element()));
-            match item.map(|n| parse_item(n, &requested.id)) {
+            match item.map(|n| parse_item(n, lifted, &requested.id)) {
                 Some(Ok(fetched)) => ItemOutcome::Fetched(Box::new(fetched)),
                 Some(Err(detail)) => skipped("MalformedItem".into(), detail),
                 None => skipped(
@@ -802,8 +814,13 @@ fn mail_folders(
     out
 }
 
-fn parse_item(node: Node<'_, '_>, item_id: &str) -> Result<FetchedItem, String> {
+fn parse_item(
+    node: Node<'_, '_>,
+    lifted: &soap::Lifted<'_>,
+    item_id: &str,
+) -> Result<FetchedItem, String> {
     let mime_text = child_text(node, "MimeContent").ok_or("item has no MimeContent")?;
+    let mime_text = lifted.resolve(mime_text);
     let mime = decode_base64(mime_text).map_err(|e| format!("MimeContent is not base64: {e}"))?;
     let bool_of = |name| child_text(node, name).map(|v| v == "true");
     let attachments = child(node, NS_TYPES, "Attachments")
@@ -862,12 +879,15 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
     );
-    if text.bytes().any(|b| b.is_ascii_whitespace()) {
-        let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        ENGINE.decode(compact)
-    } else {
-        ENGINE.decode(text)
-    }
+    // Usually one line: decode at once, and only compact a text that fails.
+    ENGINE.decode(text).or_else(|err| {
+        if text.bytes().any(|b| b.is_ascii_whitespace()) {
+            let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+            ENGINE.decode(compact)
+        } else {
+            Err(err)
+        }
+    })
 }
 
 #[cfg(test)]

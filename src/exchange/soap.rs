@@ -56,6 +56,100 @@ pub fn envelope(server_version: &str, impersonate: Option<&str>, body: &str) -> 
     out
 }
 
+/// `t:MimeContent` payloads taken out of a response before it is parsed, and the response
+/// without them. Base64 MIME is nearly all of a GetItem response; an XML parser checks it
+/// character by character, which cost more CPU than everything else we do with an email.
+/// Each payload is replaced by a placeholder text `#<index>` (never base64, whose alphabet
+/// has no `#`); [`Lifted::resolve`] turns an element's text back into its payload.
+pub struct Lifted<'a> {
+    /// The response with every lifted payload replaced by its placeholder.
+    pub skeleton: Cow<'a, str>,
+    payloads: Vec<&'a str>,
+}
+
+/// Payloads shorter than this stay in place: lifting them saves less than it costs.
+const MIN_LIFTED_PAYLOAD: usize = 512;
+
+impl<'a> Lifted<'a> {
+    /// Lifts the text of every `MimeContent` element (any prefix; the parser still checks the
+    /// namespace of the element it is found in). Only text that is plainly base64 (no `&`, no
+    /// markup) is lifted; anything else is left for the parser.
+    pub fn mime_content(xml: &'a str) -> Lifted<'a> {
+        const NAME: &str = "MimeContent";
+        let bytes = xml.as_bytes();
+        let mut payloads = Vec::new();
+        let mut skeleton: Option<String> = None;
+        let mut copied_until = 0;
+        let mut pos = 0;
+        while let Some(found) = xml[pos..].find(NAME) {
+            let name_at = pos + found;
+            let after_name = name_at + NAME.len();
+            pos = after_name;
+            // A start tag: `<` then an optional `prefix:` right before the name, and the name
+            // ends there (not `MimeContentUTF8`).
+            let tag_start = match bytes[..name_at].iter().rposition(|&b| b == b'<') {
+                Some(lt) => lt,
+                None => continue,
+            };
+            let prefix = &bytes[tag_start + 1..name_at];
+            let prefix_ok = prefix.is_empty()
+                || (prefix.last() == Some(&b':')
+                    && prefix[..prefix.len() - 1]
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')));
+            let name_ends = matches!(
+                bytes.get(after_name),
+                Some(b'>' | b' ' | b'\t' | b'\r' | b'\n')
+            );
+            if !prefix_ok || !name_ends {
+                continue;
+            }
+            let Some(gt) = bytes[after_name..].iter().position(|&b| b == b'>') else {
+                break;
+            };
+            let text_start = after_name + gt + 1;
+            if bytes[text_start - 2] == b'/' {
+                continue; // <t:MimeContent/>
+            }
+            // The text ends at the next `<`; an `&` first means entities, left to the parser.
+            let Some(len) = find_either(&bytes[text_start..], b'<', b'&') else {
+                break;
+            };
+            let text_end = text_start + len;
+            pos = text_end;
+            if bytes[text_end] == b'&' || len < MIN_LIFTED_PAYLOAD {
+                continue;
+            }
+            let payload = &xml[text_start..text_end];
+            let out = skeleton.get_or_insert_with(|| String::with_capacity(xml.len() / 16 + 256));
+            out.push_str(&xml[copied_until..text_start]);
+            out.push('#');
+            out.push_str(&payloads.len().to_string());
+            copied_until = text_end;
+            payloads.push(payload);
+        }
+        let skeleton = match skeleton {
+            None => Cow::Borrowed(xml),
+            Some(mut out) => {
+                out.push_str(&xml[copied_until..]);
+                Cow::Owned(out)
+            }
+        };
+        Lifted { skeleton, payloads }
+    }
+
+    /// The payload an element's text stands for: a placeholder's payload, else the text itself.
+    pub fn resolve<'t>(&self, text: &'t str) -> &'t str
+    where
+        'a: 't,
+    {
+        text.strip_prefix('#')
+            .and_then(|index| index.parse::<usize>().ok())
+            .and_then(|index| self.payloads.get(index).copied())
+            .unwrap_or(text)
+    }
+}
+
 /// Replaces numeric character references that XML 1.0 forbids (`&#x1A;`, `&#0;`, ...), which
 /// Exchange emits in subjects and names, with U+FFFD so the document parses. Everything else,
 /// including base64 MIME content, is left untouched.
@@ -97,7 +191,42 @@ pub fn sanitize_char_refs(xml: &str) -> Cow<'_, str> {
 }
 
 fn memchr_amp_hash(haystack: &[u8]) -> Option<usize> {
-    haystack.windows(2).position(|w| w == b"&#")
+    let mut pos = 0;
+    while let Some(amp) = find_either(&haystack[pos..], b'&', b'&') {
+        let at = pos + amp;
+        if haystack.get(at + 1) == Some(&b'#') {
+            return Some(at);
+        }
+        pos = at + 1;
+    }
+    None
+}
+
+/// Position of the first byte equal to `a` or `b`, found eight bytes at a time (a response
+/// is mostly base64, where neither `<` nor `&` occurs).
+fn find_either(haystack: &[u8], a: u8, b: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOWS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // High bit of each zero byte; exact, as the addition cannot carry between bytes.
+    let zero = |w: u64| !(((w & LOWS) + LOWS) | w) & HIGHS;
+    let mut i = 0;
+    while let Some(chunk) = haystack.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let mask = zero(w ^ (ONES * u64::from(a))) | zero(w ^ (ONES * u64::from(b)));
+        if mask != 0 {
+            return Some(i + (mask.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    haystack
+        .get(i..)
+        .unwrap_or_default()
+        .iter()
+        .position(|&c| c == a || c == b)
+        .map(|p| i + p)
 }
 
 /// The `Char` production of XML 1.0.
@@ -285,6 +414,58 @@ mod tests {
         assert!(Document::parse(&clean).is_ok());
         assert!(matches!(
             sanitize_char_refs("<a>&#65;</a>"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn byte_search_finds_the_first_of_two_bytes_at_any_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                for (byte, other) in [(b'<', b'&'), (b'&', b'<'), (0x80, 0), (0, 0xFF)] {
+                    let mut hay = vec![b'A'; len];
+                    hay[at] = byte;
+                    assert_eq!(find_either(&hay, byte, other), Some(at), "{len} {at}");
+                }
+            }
+            assert_eq!(find_either(&vec![b'A'; len], b'<', b'&'), None);
+        }
+        assert_eq!(memchr_amp_hash(b"a&b&&#x1A;"), Some(4));
+        assert_eq!(memchr_amp_hash(b"a&amp;&"), None);
+    }
+
+    #[test]
+    fn mime_payloads_are_lifted_and_resolved() {
+        let big = "QUJD".repeat(200);
+        let xml = format!(
+            concat!(
+                r#"<m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">{b}</t:MimeContent>"#,
+                r#"<t:Subject>MimeContent &amp; &#x1A;</t:Subject><t:MimeContentUTF8>{b}</t:MimeContentUTF8>"#,
+                r#"<MimeContent>{b}</MimeContent><x:MimeContent/><t:MimeContent>c2hvcnQ=</t:MimeContent>"#,
+                "</t:Message></m:Items>"
+            ),
+            b = big
+        );
+        let lifted = Lifted::mime_content(&xml);
+        assert_eq!(
+            lifted.skeleton,
+            format!(
+                concat!(
+                    r#"<m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">#0</t:MimeContent>"#,
+                    r#"<t:Subject>MimeContent &amp; &#x1A;</t:Subject><t:MimeContentUTF8>{b}</t:MimeContentUTF8>"#,
+                    r#"<MimeContent>#1</MimeContent><x:MimeContent/><t:MimeContent>c2hvcnQ=</t:MimeContent>"#,
+                    "</t:Message></m:Items>"
+                ),
+                b = big
+            )
+        );
+        assert_eq!(lifted.resolve("#0"), big);
+        assert_eq!(lifted.resolve("#1"), big);
+        assert_eq!(lifted.resolve("c2hvcnQ="), "c2hvcnQ=");
+        assert_eq!(lifted.resolve("#9"), "#9");
+        let plain = "<a>no mime here</a>";
+        assert!(matches!(
+            Lifted::mime_content(plain).skeleton,
             Cow::Borrowed(_)
         ));
     }

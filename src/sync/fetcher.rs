@@ -209,8 +209,7 @@ impl BatchBuilder {
     }
 
     fn push_doc(&mut self, item: &ItemRef, doc: EmailDoc) {
-        // Serialising our own plain structs cannot fail.
-        let json = serde_json::to_vec(&doc).unwrap_or_default();
+        let json = doc.to_json();
         self.current.first_received.get_or_insert(item.received);
         self.current.ids.push(doc.id);
         self.current.docs.push(json);

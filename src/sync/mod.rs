@@ -24,6 +24,9 @@ use crate::sink::Sink;
 pub use scheduler::Outcome;
 use state::{Cursor, MailboxState};
 
+/// Finished batches that may wait for an uploader.
+const BATCH_QUEUE: usize = 2;
+
 /// What every pipeline thread reads.
 pub struct Shared {
     /// The mailboxes this replica syncs; pipeline messages refer to them by index.
@@ -60,7 +63,10 @@ pub fn run(
     let fetchers = sources.len().max(1);
     let uploaders = settings.uploaders.max(1);
     let (job_tx, job_rx) = bounded(fetchers);
-    let (batch_tx, batch_rx) = bounded(uploaders * 2);
+    // Completed batches wait here only while every uploader is busy, and then more of them
+    // buy no throughput, only memory: with slow uploads (a loaded disk or CPU) a queue of
+    // 2 x uploaders batches took the peak RSS of one 50,000-email mailbox from 39 to 115 MB.
+    let (batch_tx, batch_rx) = bounded(BATCH_QUEUE);
     let (commit_tx, commit_rx) = unbounded();
     let (event_tx, event_rx) = unbounded();
     // Every worker holds a clone; when all are gone, the receiver disconnects.

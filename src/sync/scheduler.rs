@@ -1,7 +1,8 @@
 //! Scheduler: one thread deciding which mailbox to rediscover and which folder to sync next,
 //! so folders of all mailboxes take turns and one huge folder never starves the others.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ use crate::metrics::Metrics;
 
 /// Upper bound on waiting for a folder whose last pass failed, whatever `poll_frequency` says.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+/// Jobs the queue keeps room for between cycles.
+const IDLE_QUEUE_CAPACITY: usize = 64;
 /// `--once`: passes a failing folder gets before the run reports it as not synced.
 const ONCE_FOLDER_ATTEMPTS: u32 = 3;
 /// `--once`: pause before a failed folder's next pass, times the failures so far.
@@ -62,6 +65,13 @@ pub struct Scheduler {
     /// `--once`: copy only emails received at or before this instant.
     until: Option<OffsetDateTime>,
     errors: usize,
+    /// Mailboxes that went idle, by when their next cycle is due, so a loop turn costs
+    /// O(log n) instead of a scan of every mailbox (which made a cycle of n mailboxes cost
+    /// O(n²)). Entries can be stale (the mailbox got busy again, or its time moved): they are
+    /// checked when popped.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// `--once`: how many mailboxes are finished.
+    once_done_count: usize,
 }
 
 impl Scheduler {
@@ -72,6 +82,7 @@ impl Scheduler {
         until: Option<OffsetDateTime>,
     ) -> Self {
         let now = Instant::now();
+        let due = (0..cursors.len()).map(|i| Reverse((now, i))).collect();
         let slots = cursors
             .into_iter()
             .map(|cursors| MailboxSlot {
@@ -96,6 +107,8 @@ impl Scheduler {
             next_job_id: 0,
             until,
             errors: 0,
+            due,
+            once_done_count: 0,
         }
     }
 
@@ -110,12 +123,17 @@ impl Scheduler {
             }
             self.start_due_cycles();
             self.release_deferred();
-            if self.until.is_some() && self.slots.iter().all(|s| s.once_done) {
+            if self.until.is_some() && self.once_done_count == self.slots.len() {
                 return if self.errors == 0 {
                     Outcome::Finished
                 } else {
                     Outcome::FinishedWithErrors(self.errors)
                 };
+            }
+            if self.queue.is_empty() && self.queue.capacity() > IDLE_QUEUE_CAPACITY {
+                // A cycle queues every folder of every due mailbox at once; between cycles
+                // that peak would otherwise stay allocated.
+                self.queue.shrink_to(IDLE_QUEUE_CAPACITY);
             }
             let timeout = self.next_wakeup().saturating_duration_since(Instant::now());
             let mut select = Select::new();
@@ -128,9 +146,14 @@ impl Scheduler {
             match operation.index() {
                 i if i == events_index => match operation.recv(&events) {
                     Ok(event) => {
+                        let mailbox = match &event {
+                            Event::Discovered { mailbox, .. }
+                            | Event::FolderDone { mailbox, .. } => *mailbox,
+                        };
                         if let Some(outcome) = self.handle(event) {
                             return outcome;
                         }
+                        self.note_if_idle(mailbox);
                     }
                     // Every fetcher and the committer are gone: nothing more can happen.
                     Err(_) => return Outcome::Fatal("worker threads ended unexpectedly".into()),
@@ -153,11 +176,24 @@ impl Scheduler {
         }
     }
 
+    /// Remembers when an idle mailbox's next cycle is due.
+    fn note_if_idle(&mut self, mailbox: usize) {
+        let slot = &self.slots[mailbox];
+        if !slot.discovering && slot.busy.is_empty() && !slot.once_done {
+            self.due.push(Reverse((slot.next_cycle_at, mailbox)));
+        }
+    }
+
     /// Queues a discovery for each mailbox whose poll time has come and that is idle.
     fn start_due_cycles(&mut self) {
         let now = Instant::now();
         let once = self.until.is_some();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
+        while let Some(&Reverse((at, index))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            let slot = &mut self.slots[index];
             let idle = !slot.discovering && slot.busy.is_empty();
             let due = if once {
                 !slot.discovered_once
@@ -197,12 +233,7 @@ impl Scheduler {
                 .min()
                 .unwrap_or(far);
         }
-        self.slots
-            .iter()
-            .filter(|s| !s.discovering && s.busy.is_empty())
-            .map(|s| s.next_cycle_at)
-            .min()
-            .unwrap_or(far)
+        self.due.peek().map(|Reverse((at, _))| *at).unwrap_or(far)
     }
 
     fn handle(&mut self, event: Event) -> Option<Outcome> {
@@ -216,6 +247,7 @@ impl Scheduler {
                     Ok(folders) => {
                         slot.consecutive_failures = 0;
                         slot.folders = folders;
+                        slot.folders.shrink_to_fit();
                         let list: Vec<FolderInfo> = slot.folders.clone();
                         for folder in list {
                             self.queue_folder(mailbox, folder);
@@ -252,6 +284,9 @@ impl Scheduler {
                         };
                         log::error!("mailbox={address}: cannot list folders: {err}{hint}");
                         if self.until.is_some() {
+                            if !slot.once_done {
+                                self.once_done_count += 1;
+                            }
                             slot.once_done = true;
                             self.errors += 1;
                         }
@@ -275,6 +310,10 @@ impl Scheduler {
                 }
                 let slot = &mut self.slots[mailbox];
                 slot.busy.remove(&folder_id);
+                if slot.busy.is_empty() {
+                    // Keeps no table sized for the whole mailbox between cycles.
+                    slot.busy.shrink_to_fit();
+                }
                 slot.cursors.insert(folder_id.clone(), cursor);
                 let folder = slot.folders.iter().find(|f| f.id == folder_id).cloned();
                 match (error, folder) {
@@ -364,9 +403,11 @@ impl Scheduler {
         if slot.discovered_once
             && !slot.discovering
             && slot.busy.is_empty()
+            && !slot.once_done
             && slot.folders.iter().all(|f| slot.drained.contains(&f.id))
         {
             slot.once_done = true;
+            self.once_done_count += 1;
         }
     }
 }
