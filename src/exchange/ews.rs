@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -70,6 +70,17 @@ const RETRY_CAP: Duration = Duration::from_secs(60);
 const DEFAULT_BUSY_WAIT: Duration = Duration::from_secs(30);
 /// PR_ATTR_HIDDEN.
 const PROPERTY_TAG_HIDDEN: &str = "0x10f4";
+/// PR_LOCAL_COMMIT_TIME_MAX ([MS-OXCFOLD] 2.2.2.2.1.14): the last time a message in the
+/// folder changed (added, modified, moved in or out, deleted).
+const PROPERTY_TAG_CHANGED_AT: &str = "0x670a";
+/// Codes with which a server could refuse the extended property we ask FindFolder for.
+const REFUSED_PROPERTY_CODES: &[&str] = &[
+    "ErrorInvalidPropertyRequest",
+    "ErrorInvalidExtendedProperty",
+    "ErrorInvalidExtendedPropertyValue",
+    "ErrorInvalidPropertyForOperation",
+    "ErrorSchemaValidation",
+];
 
 /// How requests name the mailbox they are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +100,8 @@ pub struct EwsServer {
     pub connections: ConcurrencyLimit,
     /// Index into `SERVER_VERSIONS`.
     version: AtomicUsize,
+    /// The server refused PR_LOCAL_COMMIT_TIME_MAX in FindFolder: stop asking for it.
+    no_change_times: AtomicBool,
 }
 
 impl EwsServer {
@@ -97,6 +110,7 @@ impl EwsServer {
             gate: BackoffGate::default(),
             connections: ConcurrencyLimit::new(max_concurrent_requests),
             version: AtomicUsize::new(0),
+            no_change_times: AtomicBool::new(false),
         }
     }
 
@@ -394,6 +408,7 @@ struct RawFolder {
     name: String,
     is_mail: bool,
     hidden: bool,
+    changed_at: Option<OffsetDateTime>,
 }
 
 impl MailSource for EwsSource {
@@ -403,6 +418,7 @@ impl MailSource for EwsSource {
         let mut order: Vec<String> = Vec::new();
         let mut offset = 0usize;
         loop {
+            let ask_change_times = !self.server.no_change_times.load(Ordering::Relaxed);
             let body = format!(
                 concat!(
                     r#"<m:FindFolder Traversal="Deep"><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape>"#,
@@ -411,17 +427,36 @@ impl MailSource for EwsSource {
                     r#"<t:FieldURI FieldURI="folder:DisplayName"/>"#,
                     r#"<t:FieldURI FieldURI="folder:FolderClass"/>"#,
                     r#"<t:ExtendedFieldURI PropertyTag="0x10F4" PropertyType="Boolean"/>"#,
+                    "{change_time}",
                     "</t:AdditionalProperties></m:FolderShape>",
                     r#"<m:IndexedPageFolderView MaxEntriesReturned="{page}" Offset="{offset}" BasePoint="Beginning"/>"#,
                     "<m:ParentFolderIds>{root}</m:ParentFolderIds></m:FindFolder>"
                 ),
+                change_time = if ask_change_times {
+                    r#"<t:ExtendedFieldURI PropertyTag="0x670A" PropertyType="SystemTime"/>"#
+                } else {
+                    ""
+                },
                 page = FIND_FOLDER_PAGE,
                 offset = offset,
                 root = self.distinguished_folder("msgfolderroot", mailbox),
             );
-            let (found, page) = self.call(mailbox, "FindFolder", &body, false, |doc, _| {
+            let result = self.call(mailbox, "FindFolder", &body, false, |doc, _| {
                 read_folder_page(doc)
-            })?;
+            });
+            let (found, page) = match result {
+                Err(Error::Ews { code, .. })
+                    if ask_change_times && REFUSED_PROPERTY_CODES.contains(&code.as_str()) =>
+                {
+                    // Only an optimisation: without it every folder is listed each cycle.
+                    log::warn!(
+                        "mailbox={mailbox}: the server refuses PR_LOCAL_COMMIT_TIME_MAX in FindFolder ({code}); every folder will be listed on every poll"
+                    );
+                    self.server.no_change_times.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                other => other?,
+            };
             let returned = found.len();
             for (id, folder) in found {
                 if let std::collections::hash_map::Entry::Vacant(slot) = folders.entry(id) {
@@ -674,16 +709,19 @@ fn read_folder_page(
         // A missing class counts as mail, as Outlook treats it.
         let is_mail = !is_search
             && class.is_none_or(|c| c.is_empty() || c == "IPF.Note" || c.starts_with("IPF.Note."));
-        let hidden = node
-            .children()
-            .filter(|n| n.has_tag_name((NS_TYPES, "ExtendedProperty")))
-            .any(|prop| {
-                let tag = child(prop, NS_TYPES, "ExtendedFieldURI")
-                    .and_then(|u| u.attribute("PropertyTag"))
-                    .unwrap_or("");
-                tag.eq_ignore_ascii_case(PROPERTY_TAG_HIDDEN)
-                    && child_text(prop, "Value") == Some("true")
-            });
+        let extended = |tag: &str| {
+            node.children()
+                .filter(|n| n.has_tag_name((NS_TYPES, "ExtendedProperty")))
+                .find(|prop| {
+                    child(*prop, NS_TYPES, "ExtendedFieldURI")
+                        .and_then(|u| u.attribute("PropertyTag"))
+                        .is_some_and(|t| t.eq_ignore_ascii_case(tag))
+                })
+                .and_then(|prop| child_text(prop, "Value"))
+        };
+        let hidden = extended(PROPERTY_TAG_HIDDEN) == Some("true");
+        // An unreadable time only costs a listing: the folder counts as changed.
+        let changed_at = extended(PROPERTY_TAG_CHANGED_AT).and_then(soap::parse_datetime);
         let folder = RawFolder {
             parent_id: child(node, NS_TYPES, "ParentFolderId")
                 .and_then(|n| n.attribute("Id"))
@@ -691,6 +729,7 @@ fn read_folder_page(
             name: child_text(node, "DisplayName").unwrap_or("").to_owned(),
             is_mail,
             hidden,
+            changed_at,
         };
         found.push((id.to_owned(), folder));
     }
@@ -793,6 +832,7 @@ fn mail_folders(
                 out.push(FolderInfo {
                     id: id.clone(),
                     path,
+                    changed_at: folders.get(id).and_then(|f| f.changed_at),
                 });
                 continue 'folders;
             }
@@ -900,6 +940,7 @@ mod tests {
             name: name.to_owned(),
             is_mail,
             hidden,
+            changed_at: None,
         }
     }
 
@@ -928,6 +969,38 @@ mod tests {
         let found = mail_folders("a@b.c", "root", &folders, &order);
         let paths: Vec<_> = found.iter().map(|f| f.path.join("/")).collect();
         assert_eq!(paths, ["Inbox/Projects/2024", "Inbox/Projects", "Inbox"]);
+    }
+
+    #[test]
+    fn find_folder_page_reads_hidden_flags_and_change_times() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?>
+<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>
+<m:FindFolderResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">
+<m:ResponseMessages><m:FindFolderResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode>
+<m:RootFolder IndexedPagingOffset="3" TotalItemsInView="3" IncludesLastItemInRange="true"><t:Folders>
+<t:Folder><t:FolderId Id="inbox" ChangeKey="A"/><t:ParentFolderId Id="root" ChangeKey="B"/><t:FolderClass>IPF.Note</t:FolderClass><t:DisplayName>Inbox</t:DisplayName>
+<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="0x10f4" PropertyType="Boolean"/><t:Value>false</t:Value></t:ExtendedProperty>
+<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="0x670a" PropertyType="SystemTime"/><t:Value>2024-03-01T10:00:07Z</t:Value></t:ExtendedProperty></t:Folder>
+<t:Folder><t:FolderId Id="hidden" ChangeKey="A"/><t:ParentFolderId Id="root" ChangeKey="B"/><t:DisplayName>Hidden</t:DisplayName>
+<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="0x10f4" PropertyType="Boolean"/><t:Value>true</t:Value></t:ExtendedProperty>
+<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="0x670A" PropertyType="SystemTime"/><t:Value>not a time</t:Value></t:ExtendedProperty></t:Folder>
+<t:SearchFolder><t:FolderId Id="search" ChangeKey="A"/><t:ParentFolderId Id="root" ChangeKey="B"/><t:DisplayName>Unread</t:DisplayName></t:SearchFolder>
+</t:Folders></m:RootFolder></m:FindFolderResponseMessage></m:ResponseMessages></m:FindFolderResponse></s:Body></s:Envelope>"#;
+        let doc = soap::parse(xml).unwrap();
+        let (found, page) = read_folder_page(&doc).unwrap();
+        assert!(page.last);
+        let by_id: HashMap<_, _> = found.into_iter().collect();
+        let inbox = &by_id["inbox"];
+        assert!(inbox.is_mail && !inbox.hidden);
+        assert_eq!(
+            inbox.changed_at,
+            Some(time::macros::datetime!(2024-03-01 10:00:07 UTC))
+        );
+        // A time that cannot be read means the folder is listed, nothing worse.
+        assert!(by_id["hidden"].hidden);
+        assert_eq!(by_id["hidden"].changed_at, None);
+        assert!(!by_id["search"].is_mail);
+        assert_eq!(by_id["search"].changed_at, None);
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct FolderInfo {
     pub id: String,
     /// Display names from the mailbox root, e.g. `["Inbox", "Projects", "2024"]`.
     pub path: Vec<String>,
+    /// When an item in the folder last changed, as the server reports it (EWS:
+    /// PR_LOCAL_COMMIT_TIME_MAX, to the second); `None` when the server does not say. Lets
+    /// the scheduler skip listing a folder that has not changed since a complete listing.
+    pub changed_at: Option<OffsetDateTime>,
 }
 
 /// An item found by a listing, before its content is fetched.

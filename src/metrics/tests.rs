@@ -25,6 +25,7 @@ fn folder(id: &str, path: &[&str]) -> FolderInfo {
     FolderInfo {
         id: id.into(),
         path: path.iter().map(|s| s.to_string()).collect(),
+        changed_at: None,
     }
 }
 

@@ -260,6 +260,7 @@ mod tests {
             folder: FolderInfo {
                 id: "f".into(),
                 path: vec!["Inbox".into()],
+                changed_at: None,
             },
             cursor: Cursor::starting_at(datetime!(2024-01-01 0:00 UTC)),
             until: None,

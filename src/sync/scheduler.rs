@@ -249,8 +249,16 @@ impl Scheduler {
                         slot.folders = folders;
                         slot.folders.shrink_to_fit();
                         let list: Vec<FolderInfo> = slot.folders.clone();
-                        for folder in list {
-                            self.queue_folder(mailbox, folder);
+                        let count = list.len();
+                        let queued = list
+                            .into_iter()
+                            .filter(|folder| self.queue_folder(mailbox, folder.clone()))
+                            .count();
+                        if queued < count {
+                            log::debug!(
+                                "mailbox={address}: {} of {count} folders unchanged since their last complete listing",
+                                count - queued
+                            );
                         }
                         self.shared
                             .metrics
@@ -314,6 +322,10 @@ impl Scheduler {
                     // Keeps no table sized for the whole mailbox between cycles.
                     slot.busy.shrink_to_fit();
                 }
+                let mut cursor = cursor;
+                if complete && error.is_none() {
+                    cursor.change = cursor.change.listed_completely();
+                }
                 slot.cursors.insert(folder_id.clone(), cursor);
                 let folder = slot.folders.iter().find(|f| f.id == folder_id).cloned();
                 match (error, folder) {
@@ -360,27 +372,32 @@ impl Scheduler {
         None
     }
 
-    fn queue_folder(&mut self, mailbox: usize, folder: FolderInfo) {
+    /// Queues a pass over `folder` unless it is busy, resting after a failure, or (between
+    /// polls of the daemon) unchanged since a complete listing. True when queued.
+    fn queue_folder(&mut self, mailbox: usize, folder: FolderInfo) -> bool {
         let config = &self.shared.mailboxes[mailbox];
         let slot = &mut self.slots[mailbox];
         if slot.busy.contains(&folder.id)
             || slot.drained.contains(&folder.id) && self.until.is_some()
         {
-            return;
+            return false;
         }
+        let now = Instant::now();
         if let Some(until) = slot.failed_until.get(&folder.id)
-            && Instant::now() < *until
+            && now < *until
             && self.until.is_none()
         {
-            return;
+            return false;
         }
-        let cursor = slot
-            .cursors
-            .entry(folder.id.clone())
-            .or_insert_with(|| {
-                Cursor::starting_at(start_of(config.start_timestamp, config.start_from))
-            })
-            .clone();
+        let cursor = slot.cursors.entry(folder.id.clone()).or_insert_with(|| {
+            Cursor::starting_at(start_of(config.start_timestamp, config.start_from))
+        });
+        // `--once` lists every folder: its cursors come from the sink, without change marks.
+        if self.until.is_none() && cursor.change.is_covered(folder.changed_at) {
+            return false;
+        }
+        cursor.change = cursor.change.queued(folder.changed_at, now);
+        let cursor = cursor.clone();
         slot.busy.insert(folder.id.clone());
         self.shared
             .metrics
@@ -393,6 +410,7 @@ impl Scheduler {
             cursor,
             until: self.until,
         }));
+        true
     }
 
     fn check_once_done(&mut self, mailbox: usize) {

@@ -1,6 +1,7 @@
 //! Per-folder sync state: the watermark and what the sink stores about it.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -15,6 +16,9 @@ use time::OffsetDateTime;
 pub struct Cursor {
     pub synced_until: OffsetDateTime,
     pub ids_at_synced_until: HashSet<String>,
+    /// Whether a listing covers the folder's latest change; in memory only, so after a
+    /// restart every folder is listed once more.
+    pub change: ChangeMark,
 }
 
 impl Cursor {
@@ -22,6 +26,7 @@ impl Cursor {
         Cursor {
             synced_until: t,
             ids_at_synced_until: HashSet::new(),
+            change: ChangeMark::Unknown,
         }
     }
 
@@ -35,6 +40,78 @@ impl Cursor {
             if received == self.synced_until {
                 self.ids_at_synced_until.insert(id.to_owned());
             }
+        }
+    }
+}
+
+/// How long after a folder change time was first seen a listing must begin to be sure it saw
+/// every change stamped with that time: Exchange reports the time to the second, so a second
+/// change within the same second leaves it as it was. One second more for good measure.
+pub const CHANGE_TIME_RESOLUTION: Duration = Duration::from_secs(2);
+
+/// What we know about a folder's contents relative to the server's change time of the folder
+/// ([`crate::exchange::FolderInfo::changed_at`]).
+///
+/// Listing a folder whose change time has not moved since a complete listing finds nothing
+/// new, but only if that listing began after every change stamped with that time: hence a
+/// time is trusted only once a complete listing began [`CHANGE_TIME_RESOLUTION`] after the
+/// time was first seen, which usually means one extra listing per change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChangeMark {
+    /// No change time known (none reported, or never listed since the start).
+    #[default]
+    Unknown,
+    /// The folder's change time was `changed_at` when first seen at `seen_at`; the latest
+    /// listing was queued at `queued_at`.
+    Seen {
+        changed_at: OffsetDateTime,
+        seen_at: Instant,
+        queued_at: Instant,
+    },
+    /// A complete listing covers every change up to and including `changed_at`.
+    Covered { changed_at: OffsetDateTime },
+}
+
+impl ChangeMark {
+    /// True when a folder whose change time is now `changed_at` needs no listing.
+    pub fn is_covered(self, changed_at: Option<OffsetDateTime>) -> bool {
+        matches!((self, changed_at), (ChangeMark::Covered { changed_at: covered }, Some(now)) if covered == now)
+    }
+
+    /// The mark for a listing queued at `now` while the folder's change time is `changed_at`.
+    #[must_use]
+    pub fn queued(self, changed_at: Option<OffsetDateTime>, now: Instant) -> ChangeMark {
+        let Some(changed_at) = changed_at else {
+            return ChangeMark::Unknown;
+        };
+        let seen_at = match self {
+            ChangeMark::Seen {
+                changed_at: seen,
+                seen_at,
+                ..
+            } if seen == changed_at => seen_at,
+            _ => now,
+        };
+        ChangeMark::Seen {
+            changed_at,
+            seen_at,
+            queued_at: now,
+        }
+    }
+
+    /// The mark once the listing it was queued with completed and everything it found is
+    /// stored.
+    #[must_use]
+    pub fn listed_completely(self) -> ChangeMark {
+        match self {
+            ChangeMark::Seen {
+                changed_at,
+                seen_at,
+                queued_at,
+            } if queued_at >= seen_at + CHANGE_TIME_RESOLUTION => {
+                ChangeMark::Covered { changed_at }
+            }
+            other => other,
         }
     }
 }
@@ -73,6 +150,7 @@ impl FolderState {
         Cursor {
             synced_until: self.synced_until,
             ids_at_synced_until: self.ids_at_synced_until.iter().cloned().collect(),
+            change: ChangeMark::Unknown,
         }
     }
 
@@ -102,6 +180,38 @@ mod tests {
         // An older item (listed before a restart) never moves the watermark back.
         cursor.advance([(t0, "z")]);
         assert_eq!(cursor.synced_until, t1);
+    }
+
+    #[test]
+    fn a_change_time_is_trusted_only_after_a_listing_that_began_later() {
+        let t = datetime!(2024-01-01 0:00:00 UTC);
+        let later = datetime!(2024-01-01 0:00:01 UTC);
+        let seen = Instant::now();
+        // No time reported: never skipped.
+        let mark = ChangeMark::Unknown.queued(None, seen);
+        assert_eq!(mark, ChangeMark::Unknown);
+        assert!(!mark.listed_completely().is_covered(None));
+        // First listing right after the time was seen: another change in the same second
+        // may have come after it began.
+        let mark = ChangeMark::Unknown
+            .queued(Some(t), seen)
+            .listed_completely();
+        assert!(!mark.is_covered(Some(t)));
+        // The next listing, queued later, keeps the first sighting and covers the time.
+        let mark = mark.queued(Some(t), seen + CHANGE_TIME_RESOLUTION);
+        let covered = mark.listed_completely();
+        assert_eq!(covered, ChangeMark::Covered { changed_at: t });
+        assert!(covered.is_covered(Some(t)));
+        // A new time or a missing one means a listing; the new time starts over.
+        assert!(!covered.is_covered(Some(later)));
+        assert!(!covered.is_covered(None));
+        let mark = covered.queued(Some(later), seen + CHANGE_TIME_RESOLUTION * 2);
+        assert!(!mark.listed_completely().is_covered(Some(later)));
+        // Queuing again keeps the first sighting.
+        assert_eq!(
+            mark,
+            mark.queued(Some(later), seen + CHANGE_TIME_RESOLUTION * 2)
+        );
     }
 
     #[test]

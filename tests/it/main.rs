@@ -599,3 +599,117 @@ fn config_edits_apply_without_a_restart_and_bad_edits_are_rejected() {
     reader.join().unwrap();
     assert_exact_copy(&fake.data(), &prefix);
 }
+
+/// Sends SIGTERM and expects a clean exit.
+fn terminate(child: &mut std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// Waits until every mailbox was polled twice (two FindFolders each) without any FindItem;
+/// returns the FindItem count then.
+fn wait_for_polls_without_listings(fake: &FakeExchange, mailboxes: usize) -> u64 {
+    let (mut find_items, mut find_folders_then) = (u64::MAX, 0);
+    wait_until(Duration::from_secs(60), "polls that list no folder", || {
+        let stats = fake.stats();
+        let (items, folders) = (stats.operation("FindItem"), stats.operation("FindFolder"));
+        if items != find_items {
+            (find_items, find_folders_then) = (items, folders);
+        }
+        folders >= find_folders_then + 2 * mailboxes as u64
+    });
+    find_items
+}
+
+#[test]
+fn the_daemon_lists_only_folders_that_changed_since_their_last_complete_listing() {
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(2, 40)), Options::default()).unwrap();
+    let all = addresses(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config(&fake.url(), &all, json!({})));
+    let prefix = dir.path().join("sink");
+    let mut child = command(&path, &prefix, &["--debug-level", "0"])
+        .spawn()
+        .unwrap();
+    let _guard = KillOnPanic(child.id());
+    let data = fake.data();
+    let total: usize = data
+        .mailboxes
+        .iter()
+        .map(|m| m.synced_items().count())
+        .sum();
+    wait_until(Duration::from_secs(60), "the first copy", || {
+        read_docs(&prefix).len() == total
+    });
+    // Polls go on (one FindFolder per mailbox each second) but list nothing once every
+    // folder's change time is covered by a listing.
+    let before = wait_for_polls_without_listings(&fake, all.len());
+
+    // New mail in one folder: it is copied, and only that folder is listed again.
+    let mailbox = &data.mailboxes[0];
+    let inbox = mailbox
+        .folders
+        .iter()
+        .find(|f| f.display_name == "Inbox")
+        .unwrap();
+    let received = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let mime = b"Message-ID: <arrived-later@test>\r\nSubject: later\r\n\r\nx\r\n".to_vec();
+    fake.add_item(
+        &mailbox.address,
+        &inbox.id,
+        fake_exchange::make_item(5000, received, mime),
+    );
+    wait_until(Duration::from_secs(60), "the new email", || {
+        read_docs(&prefix)
+            .iter()
+            .any(|(_, doc)| doc["id"] == "<arrived-later@test>")
+    });
+    let after = wait_for_polls_without_listings(&fake, all.len());
+    // Listed until a listing began well after the new change time was first seen: 2 to 4
+    // times, against 40-odd mail folders polled.
+    assert!(
+        (1..=4).contains(&(after - before)),
+        "{} listings for one changed folder",
+        after - before
+    );
+    terminate(&mut child);
+    assert_exact_copy(&fake.data(), &prefix);
+}
+
+#[test]
+fn a_server_that_refuses_folder_change_times_still_gets_every_email() {
+    let fake =
+        FakeExchange::start(fake_exchange::generate(&spec(2, 40)), Options::default()).unwrap();
+    fake.set_fault(fake_exchange::Fault {
+        refused_folder_tags: vec![0x670A],
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(&fake.url(), &addresses(&fake), json!({})),
+    );
+    let prefix = dir.path().join("sink");
+    let run = run_once(&path, &prefix);
+    assert!(
+        run.stderr.contains("refuses PR_LOCAL_COMMIT_TIME_MAX"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        fake.stats()
+            .message_error_count("ErrorInvalidPropertyRequest")
+            >= 1
+    );
+    assert_exact_copy(&fake.data(), &prefix);
+}

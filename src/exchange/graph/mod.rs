@@ -234,6 +234,8 @@ impl MailSource for GraphSource {
             out.push(FolderInfo {
                 id: folder.id,
                 path,
+                // Graph lists no change time of a folder's contents: every folder is listed.
+                changed_at: None,
             });
         }
         Ok(out)

@@ -130,6 +130,7 @@ fn folder_info(setup: &Setup, name: &str) -> (FolderInfo, Vec<fake_exchange::Ite
         FolderInfo {
             id: rest_id(&folder.id),
             path: mailbox.mail_folder_path(&folder.id),
+            changed_at: None,
         },
         items,
     )

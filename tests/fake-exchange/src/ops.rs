@@ -328,6 +328,7 @@ impl Exec<'_> {
                     unread: f.items.iter().filter(|i| !i.is_read).count(),
                     hidden: f.hidden,
                     hidden_explicit: store.is_well_known(mb, fi),
+                    changed_at: store.changed_at(mb, target),
                 }
             }
             Target::MsgRoot | Target::Root => FolderView {
@@ -346,6 +347,7 @@ impl Exec<'_> {
                 unread: 0,
                 hidden: false,
                 hidden_explicit: false,
+                changed_at: store.changed_at(mb, target),
             },
         }
     }
@@ -381,7 +383,17 @@ impl Exec<'_> {
         let mut x = Xml::new(self.caller.illegal_char_refs);
         let wanted = Wanted::folder(shape);
         xml::response_start(&mut x, "FindFolder");
+        let refused = (wanted.extended.iter())
+            .filter_map(|e| e.tag)
+            .find(|tag| self.caller.fault.refused_folder_tags.contains(tag));
         for r in parents {
+            if let Some(tag) = refused {
+                let err = MsgError::invalid_extended_property(tag);
+                xml::error_message(&mut x, "FindFolder", &err, "");
+                self.injected
+                    .push(format!("{}: FindFolder asked for 0x{tag:04x}", err.code));
+                continue;
+            }
             let result = self.resolve_folder(r).and_then(|(mb, target)| {
                 let mut list = match traversal {
                     Traversal::Deep => self.store.descendants(mb, target),

@@ -171,6 +171,8 @@ pub(crate) struct FolderView<'a> {
     pub hidden: bool,
     /// PR_ATTR_HIDDEN is set (to false) on this folder rather than absent.
     pub hidden_explicit: bool,
+    /// PR_LOCAL_COMMIT_TIME_MAX (0x670A): when an item in the folder last changed.
+    pub changed_at: OffsetDateTime,
 }
 
 pub(crate) fn write_folder(x: &mut Xml, f: &FolderView, w: &Wanted) {
@@ -199,12 +201,14 @@ pub(crate) fn write_folder(x: &mut Xml, f: &FolderView, w: &Wanted) {
     }
     for e in &w.extended {
         let value = match (e.tag, e.property_type.as_str()) {
-            (Some(0x10F4), "Boolean") if f.hidden => Some("true"),
-            (Some(0x10F4), "Boolean") if f.hidden_explicit => Some("false"),
+            (Some(0x10F4), "Boolean") if f.hidden => Some("true".to_owned()),
+            (Some(0x10F4), "Boolean") if f.hidden_explicit => Some("false".to_owned()),
+            // Exchange renders SystemTime extended properties to the second.
+            (Some(0x670A), "SystemTime") => Some(format_datetime(f.changed_at, false)),
             _ => None,
         };
         if let Some(value) = value {
-            write_extended(x, e, value);
+            write_extended(x, e, &value);
         }
     }
     let has_unread = matches!(

@@ -108,6 +108,9 @@ pub struct Fault {
     /// HTTP 500 with ASP.NET's HTML error page ("Server Error in '/EWS' Application."), as IIS
     /// answers when EWS itself falls over under load.
     pub html_500_every_nth: Option<u32>,
+    /// Extended properties (by PropertyTag) that FindFolder refuses with a per-message
+    /// ErrorInvalidPropertyRequest, as a server that does not expose a MAPI property would.
+    pub refused_folder_tags: Vec<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

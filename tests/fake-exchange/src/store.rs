@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use time::OffsetDateTime;
+
 use crate::ids::{self, IdKind};
 use crate::model::{DataSet, FolderKind, Item};
 
@@ -23,6 +25,10 @@ pub(crate) struct Store {
     items: HashMap<String, (usize, usize)>,
     roots: HashMap<String, (usize, Target)>,
     next_serial: Vec<u64>,
+    /// PR_LOCAL_COMMIT_TIME_MAX (0x670A) per mailbox and folder: when an item in the folder
+    /// last changed. Generated items count as committed when they were received.
+    changed_at: Vec<Vec<OffsetDateTime>>,
+    loaded_at: OffsetDateTime,
 }
 
 /// Well-known folders by (parent well-known name or "" for top level, display name).
@@ -55,6 +61,8 @@ impl Store {
             items: HashMap::new(),
             roots: HashMap::new(),
             next_serial: Vec::new(),
+            changed_at: Vec::new(),
+            loaded_at: OffsetDateTime::now_utc(),
         };
         store.reindex();
         store
@@ -65,6 +73,16 @@ impl Store {
         self.items.clear();
         self.roots.clear();
         self.next_serial.clear();
+        self.changed_at = (self.data.mailboxes.iter())
+            .map(|m| {
+                (m.folders.iter())
+                    .map(|f| {
+                        (f.items.iter().map(|i| i.received).max())
+                            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+                    })
+                    .collect()
+            })
+            .collect();
         for (mb, mailbox) in self.data.mailboxes.iter().enumerate() {
             self.roots
                 .insert(root_id(mb, Target::MsgRoot), (mb, Target::MsgRoot));
@@ -86,6 +104,15 @@ impl Store {
                 }
             }
             self.next_serial.push(max_serial + 1);
+        }
+    }
+
+    /// PR_LOCAL_COMMIT_TIME_MAX of a folder: the last time an item was added to or removed
+    /// from it (the roots: when the store was built).
+    pub(crate) fn changed_at(&self, mb: usize, target: Target) -> OffsetDateTime {
+        match target {
+            Target::Folder(fi) => self.changed_at[mb][fi],
+            Target::Root | Target::MsgRoot => self.loaded_at,
         }
     }
 
@@ -214,6 +241,7 @@ impl Store {
         let id = item.id.clone();
         self.items.insert(id.clone(), (mb, fi));
         self.data.mailboxes[mb].folders[fi].items.push(item);
+        self.changed_at[mb][fi] = OffsetDateTime::now_utc();
         id
     }
 
@@ -227,8 +255,13 @@ impl Store {
             _ => return false,
         }
         self.items.remove(id);
-        for folder in &mut self.data.mailboxes[mb].folders {
+        let now = OffsetDateTime::now_utc();
+        for (fi, folder) in self.data.mailboxes[mb].folders.iter_mut().enumerate() {
+            let before = folder.items.len();
             folder.items.retain(|i| i.id != id);
+            if folder.items.len() != before {
+                self.changed_at[mb][fi] = now;
+            }
         }
         true
     }

@@ -232,6 +232,16 @@ impl MsgError {
             "The MIME content conversion failed.",
         )
     }
+    pub(crate) fn invalid_extended_property(tag: u16) -> MsgError {
+        let mut x = Xml::new(false);
+        let tag = format!("0x{tag:x}");
+        x.empty("t:ExtendedFieldURI", &[("PropertyTag", &tag)]);
+        MsgError {
+            code: "ErrorInvalidPropertyRequest",
+            text: "Property is not valid for this object type.".to_string(),
+            xml: Some(x.finish()),
+        }
+    }
     pub(crate) fn invalid_property_request(field_uri: &str) -> MsgError {
         let mut x = Xml::new(false);
         x.empty("t:FieldURI", &[("FieldURI", field_uri)]);

@@ -222,3 +222,100 @@ fn only_requested_properties_are_returned() {
     );
     assert!(text.contains("R&amp;D &lt;Lab&gt;"));
 }
+
+const CHANGE_TIME: &str = r#"<t:AdditionalProperties><t:FieldURI FieldURI="folder:DisplayName"/><t:ExtendedFieldURI PropertyTag="0x670A" PropertyType="SystemTime"/></t:AdditionalProperties>"#;
+
+/// Folder id -> PR_LOCAL_COMMIT_TIME_MAX as FindFolder reports it.
+fn change_times(server: &fake_exchange::FakeExchange, mailbox: &str) -> HashMap<String, String> {
+    let body = find_folder(
+        CHANGE_TIME,
+        1000,
+        0,
+        &distinguished("msgfolderroot", Some(mailbox)),
+    );
+    let text = post(server, &body).text();
+    let doc = Document::parse(&text).unwrap();
+    assert_eq!(messages(&doc)[0].1, "NoError", "{text}");
+    let mut out = HashMap::new();
+    for folder in elements(&doc, NS_T, "FolderId") {
+        let node = folder.parent().unwrap();
+        let prop = child(node, NS_T, "ExtendedProperty").expect("0x670A is reported");
+        let uri = child(prop, NS_T, "ExtendedFieldURI").unwrap();
+        assert_eq!(uri.attribute("PropertyTag"), Some("0x670a"));
+        assert_eq!(uri.attribute("PropertyType"), Some("SystemTime"));
+        let value = child(prop, NS_T, "Value").unwrap().text().unwrap();
+        out.insert(folder.attribute("Id").unwrap().to_owned(), value.to_owned());
+    }
+    out
+}
+
+#[test]
+fn folders_report_when_their_contents_last_changed() {
+    let server = start(Options::default());
+    let data = server.data();
+    let mailbox = &data.mailboxes[0];
+    let before = change_times(&server, &mailbox.address);
+    let inbox = mailbox
+        .folders
+        .iter()
+        .find(|f| f.display_name == "Inbox")
+        .unwrap();
+    let newest = inbox.items.iter().map(|i| i.received).max().unwrap();
+    // To the second, in UTC, like Exchange: the newest delivery of the generated data.
+    assert_eq!(
+        before[&inbox.id],
+        newest
+            .replace_nanosecond(0)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    );
+    let item = fake_exchange::make_item(9000, newest, b"Subject: new\r\n\r\nx\r\n".to_vec());
+    let id = server.add_item(&mailbox.address, &inbox.id, item);
+    let added = change_times(&server, &mailbox.address);
+    assert!(added[&inbox.id] > before[&inbox.id], "{added:?}");
+    for (folder, time) in &before {
+        if folder != &inbox.id {
+            assert_eq!(&added[folder], time, "only the inbox changed");
+        }
+    }
+    assert!(server.delete_item(&mailbox.address, &id));
+    assert!(change_times(&server, &mailbox.address)[&inbox.id] >= added[&inbox.id]);
+}
+
+#[test]
+fn a_refused_folder_property_fails_the_find_folder() {
+    let server = start(Options::default());
+    server.set_fault(fake_exchange::Fault {
+        refused_folder_tags: vec![0x670A],
+        ..Default::default()
+    });
+    let address = server.data().mailboxes[0].address.clone();
+    let body = find_folder(
+        CHANGE_TIME,
+        1000,
+        0,
+        &distinguished("msgfolderroot", Some(&address)),
+    );
+    let text = post(&server, &body).text();
+    let doc = Document::parse(&text).unwrap();
+    assert_eq!(
+        messages(&doc),
+        vec![(
+            "Error".to_string(),
+            "ErrorInvalidPropertyRequest".to_string()
+        )]
+    );
+    // Without the property the same request works.
+    let text = post(
+        &server,
+        &find_folder(
+            ADDITIONAL,
+            1000,
+            0,
+            &distinguished("msgfolderroot", Some(&address)),
+        ),
+    )
+    .text();
+    assert!(text.contains("NoError"), "{text}");
+}
