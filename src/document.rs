@@ -212,9 +212,7 @@ pub fn email_id(mailbox: &str, item: &FetchedItem) -> String {
     let mut input = mailbox.to_lowercase().into_bytes();
     input.push(0);
     input.extend_from_slice(item.item_id.as_bytes());
-    let digest = openssl::sha::sha256(&input);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("exchange-sync:{hex}")
+    format!("exchange-sync:{}", crate::digest::sha256_hex(&input, 16))
 }
 
 /// The raw `Message-ID` header of a MIME message, if present.

@@ -5,10 +5,12 @@
 //! pool (`sink::Sink::put`) → `sync::committer` (advances watermarks through the contiguous
 //! prefix of acknowledged batches and persists them through the sink). See ARCHITECTURE.md.
 
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod document;
 pub mod durable;
 pub mod exchange;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    exchange_sync::allocator::limit_arenas();
     let mut args = std::env::args();
     let program = args.next().unwrap_or_else(|| "exchange-sync".into());
     let args: Vec<String> = args.collect();

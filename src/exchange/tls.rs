@@ -12,12 +12,15 @@ use std::env;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslStream, SslVerifyMode};
+use openssl::ssl::{
+    HandshakeError, SslConnector, SslContext, SslContextBuilder, SslMethod, SslStream,
+    SslVerifyMode,
+};
 use openssl::x509::{X509Ref, X509VerifyResult};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, Transport,
@@ -205,8 +208,12 @@ impl std::error::Error for TlsHandshakeError {}
 /// TLS settings checked once at start-up and shared by every agent; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct TlsClient {
-    connector: SslConnector,
+    /// Built for the first TLS connection: setting up OpenSSL and loading the CA bundle costs
+    /// about 70 ms of CPU and a megabyte or two of memory that a plain-HTTP endpoint (a local
+    /// Exchange behind a TLS-terminating proxy, the fake in tests) never needs.
+    built: Arc<OnceLock<Result<SslConnector, TlsSetupError>>>,
     verify: bool,
+    ciphers: Option<String>,
 }
 
 impl TlsClient {
@@ -214,32 +221,38 @@ impl TlsClient {
     /// `SSL_CERT_DIR`) and the host name. `ciphers`: an OpenSSL cipher list for TLS 1.2 and
     /// older; TLS 1.3 suites stay OpenSSL's defaults, as in every OpenSSL client.
     pub fn new(verify: bool, ciphers: Option<&str>) -> Result<Self, TlsSetupError> {
-        let openssl_error = |e: ErrorStack| TlsSetupError::OpenSsl(e.to_string());
-        // The builder starts from OpenSSL's default verify paths, which honour
-        // SSL_CERT_FILE and SSL_CERT_DIR.
-        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(openssl_error)?;
-        if verify {
-            add_probed_ca_locations(&mut builder);
-        } else {
-            builder.set_verify(SslVerifyMode::NONE);
-        }
         if let Some(list) = ciphers {
-            builder
-                .set_cipher_list(list)
-                .map_err(|e| TlsSetupError::Ciphers {
-                    list: list.to_owned(),
-                    detail: e
-                        .errors()
-                        .first()
-                        .and_then(|e| e.reason())
-                        .unwrap_or("rejected by OpenSSL")
-                        .to_owned(),
-                })?;
+            // Checked now, so a bad list is a configuration error at start-up.
+            let mut context =
+                SslContext::builder(SslMethod::tls_client()).map_err(openssl_error)?;
+            set_ciphers(&mut context, list)?;
         }
         Ok(TlsClient {
-            connector: builder.build(),
+            built: Arc::default(),
             verify,
+            ciphers: ciphers.map(str::to_owned),
         })
+    }
+
+    fn ssl_connector(&self) -> Result<&SslConnector, TlsSetupError> {
+        self.built
+            .get_or_init(|| {
+                // The builder starts from OpenSSL's default verify paths, which honour
+                // SSL_CERT_FILE and SSL_CERT_DIR.
+                let mut builder =
+                    SslConnector::builder(SslMethod::tls_client()).map_err(openssl_error)?;
+                if self.verify {
+                    add_probed_ca_locations(&mut builder);
+                } else {
+                    builder.set_verify(SslVerifyMode::NONE);
+                }
+                if let Some(list) = &self.ciphers {
+                    set_ciphers(&mut builder, list)?;
+                }
+                Ok(builder.build())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// A connector for one agent, writing its connections' certificates into `slot`.
@@ -249,6 +262,24 @@ impl TlsClient {
             slot,
         }
     }
+}
+
+fn openssl_error(e: ErrorStack) -> TlsSetupError {
+    TlsSetupError::OpenSsl(e.to_string())
+}
+
+fn set_ciphers(context: &mut SslContextBuilder, list: &str) -> Result<(), TlsSetupError> {
+    context
+        .set_cipher_list(list)
+        .map_err(|e| TlsSetupError::Ciphers {
+            list: list.to_owned(),
+            detail: e
+                .errors()
+                .first()
+                .and_then(|e| e.reason())
+                .unwrap_or("rejected by OpenSSL")
+                .to_owned(),
+        })
 }
 
 /// Where OpenSSL's compiled-in default is missing, the CA locations of the common
@@ -350,7 +381,8 @@ impl<In: Transport> Connector<In> for OpensslConnector {
         };
         let configured = self
             .client
-            .connector
+            .ssl_connector()
+            .map_err(|e| handshake_error(false, e.to_string()))?
             .configure()
             .map_err(|e| handshake_error(false, e.to_string()))?
             // SNI is sent for host names (not IP addresses) either way; the name check

@@ -54,8 +54,7 @@ pub(crate) fn data_name(bucket: &Bucket, mailbox: &str, batch: &EncodedBatch) ->
         ids.extend_from_slice(id.as_bytes());
         ids.push(0);
     }
-    let digest = openssl::sha::sha256(&ids);
-    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::digest::sha256_hex(&ids, 8);
     let (month, stamp) = match batch.first_received {
         Some(t) => (
             format!("{:04}-{:02}", t.year(), t.month() as u8),

@@ -32,8 +32,7 @@ pub fn state_key(mailbox: &str, folder_id: &str) -> String {
     let mut input = mailbox.to_lowercase().into_bytes();
     input.push(0);
     input.extend_from_slice(folder_id.as_bytes());
-    let digest = openssl::sha::sha256(&input);
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::sha256_hex(&input, 16)
 }
 
 /// `KeyedSyncState` as the API stores and returns it.
