@@ -172,6 +172,16 @@ class Fake:
             self.proc.wait()
 
 
+def stop_daemon(proc):
+    """SIGTERM, and SIGKILL if it has not exited after 40 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stats_delta(before, after):
     ops = {
         k: after["operations"].get(k, 0) - before["operations"].get(k, 0)
@@ -475,12 +485,7 @@ class Bench:
             cpu1, st1 = proc_cpu(proc.pid), fake.stats()
             cycles = (find_folders() - 2 * n) / n
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_daemon(proc)
         d = stats_delta(st0, st1)
         return {
             "client": "ours (daemon)",
@@ -586,12 +591,7 @@ class Bench:
                     idle_requests = fake.stats()["http_requests"] - req0
                     fake_cpu = fake.cpu() - fake_cpu0
                 finally:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=40)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    stop_daemon(proc)
                 emails, _ = count_docs(os.path.join(sink, "data"))
                 out["runs"].append({
                     "client": "ours (daemon)",

@@ -216,14 +216,7 @@ fn sigterm_stops_cleanly_and_saves_state() {
     wait_until(Duration::from_secs(60), "the first copy", || {
         read_docs(&prefix).len() == fake.data().mailboxes[0].synced_items().count()
     });
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send_sigterm(&child);
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
@@ -587,30 +580,9 @@ fn config_edits_apply_without_a_restart_and_bad_edits_are_rejected() {
         "every email of the added mailbox",
         || read_docs(&prefix).len() == total,
     );
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    terminate(&mut child);
     reader.join().unwrap();
     assert_exact_copy(&fake.data(), &prefix);
-}
-
-/// Sends SIGTERM and expects a clean exit.
-fn terminate(child: &mut std::process::Child) {
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
 /// Waits until every mailbox was polled twice (two FindFolders each) without any FindItem;

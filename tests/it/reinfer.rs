@@ -255,15 +255,7 @@ fn a_config_edit_in_the_api_takes_effect_without_a_restart() {
     wait_until(Duration::from_secs(60), "the added mailbox", || {
         count_for(&all[1]) == per_mailbox[1]
     });
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    terminate(&mut child);
     assert_exact_documents(&fake.data(), &stored(&api));
 }
 

@@ -238,6 +238,19 @@ pub fn assert_exact_documents(data: &fake_exchange::DataSet, docs: &[(PathBuf, V
     expected
 }
 
+/// Sends SIGTERM to a running exchange-sync.
+pub fn send_sigterm(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// Stops a running exchange-sync with SIGTERM and expects a clean exit (code 0).
+pub fn terminate(child: &mut std::process::Child) {
+    send_sigterm(child);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 /// Polls `condition` every 10 ms until it holds; fails after `limit`. For waiting on another
 /// process's progress, which has no channel to wait on.
 pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
