@@ -791,8 +791,8 @@ fn mail_folders(
             if current == root_id {
                 path.reverse();
                 out.push(FolderInfo {
-                    id: id.clone(),
-                    path,
+                    id: id.as_str().into(),
+                    path: path.into(),
                 });
                 continue 'folders;
             }

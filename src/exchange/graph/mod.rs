@@ -232,8 +232,8 @@ impl MailSource for GraphSource {
                 }
             }
             out.push(FolderInfo {
-                id: folder.id,
-                path,
+                id: folder.id.into(),
+                path: path.into(),
             });
         }
         Ok(out)
