@@ -374,8 +374,12 @@ impl<'a> Iterator for PackedIter<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let (len, rest) = self.0.split_once(':')?;
-        let len: usize = len.parse().ok()?;
+        // The decimal length, by hand: this runs for every id comparison of a lookup.
+        let digits = self.0.bytes().take_while(u8::is_ascii_digit).count();
+        let len = self.0.as_bytes()[..digits]
+            .iter()
+            .fold(0usize, |len, digit| len * 10 + usize::from(digit - b'0'));
+        let rest = self.0.get(digits..)?.strip_prefix(':')?;
         // `Packed::new` wrote the length of a whole `str`, so this is a char boundary.
         let (item, rest) = rest.split_at_checked(len)?;
         self.0 = rest;
