@@ -20,7 +20,8 @@ use crate::shutdown::StopFlag;
 use crate::sink::local::LocalSink;
 use crate::sink::reinfer::ReinferSink;
 use crate::sink::{self, Sink};
-use crate::sync::state::{Cursor, MailboxState, STATE_VERSION};
+use crate::sync::folders::{FolderTable, MailboxFolders};
+use crate::sync::state::{MailboxState, STATE_VERSION};
 use crate::sync::{self, Outcome, Settings, Shared};
 
 mod check;
@@ -531,8 +532,7 @@ fn run_service(
         prepared.push(bucket);
     }
 
-    let mut states = Vec::with_capacity(mailboxes.len());
-    let mut cursors = Vec::with_capacity(mailboxes.len());
+    let mut folders = Vec::with_capacity(mailboxes.len());
     for mailbox in &mailboxes {
         let stored = match mailbox.start_from {
             StartFrom::Config => None,
@@ -556,16 +556,12 @@ fn run_service(
             mailbox: mailbox.address.clone(),
             folders: Default::default(),
         });
-        let folder_cursors: HashMap<String, Cursor> = state
-            .folders
-            .iter()
-            .map(|(id, folder)| (id.clone(), folder.cursor()))
-            .collect();
-        cursors.push(folder_cursors);
-        states.push(state);
+        // Into the compact table mailbox by mailbox, so the loaded states never all coexist.
+        folders.push(MailboxFolders::from_state(state));
     }
+    let folders = Arc::new(FolderTable::new(folders));
 
-    metrics.begin_run(&mailboxes, &states);
+    metrics.begin_run(&mailboxes, &folders);
     let stop = StopFlag::new();
     let relay = relay_stop(terminate, &stop);
     let shared = Arc::new(Shared {
@@ -587,8 +583,7 @@ fn run_service(
         });
         let outcome = sync::run(
             shared,
-            states,
-            cursors,
+            folders,
             sources,
             Settings {
                 uploaders: config.max_concurrent_uploads.max(1),

@@ -830,8 +830,8 @@ fn mail_folders(
             if current == root_id {
                 path.reverse();
                 out.push(FolderInfo {
-                    id: id.clone(),
-                    path,
+                    id: id.as_str().into(),
+                    path: path.into(),
                     changed_at: folders.get(id).and_then(|f| f.changed_at),
                 });
                 continue 'folders;

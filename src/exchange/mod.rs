@@ -10,6 +10,7 @@ pub mod tls;
 pub mod transport;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
@@ -18,10 +19,11 @@ pub use error::Error;
 /// A mail folder to sync, with its display-name path from the mailbox root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FolderInfo {
-    /// The server's folder id; stable across renames.
-    pub id: String,
+    /// The server's folder id; stable across renames. Shared (not copied) by the jobs and
+    /// scheduler sets that name the folder.
+    pub id: Arc<str>,
     /// Display names from the mailbox root, e.g. `["Inbox", "Projects", "2024"]`.
-    pub path: Vec<String>,
+    pub path: Arc<[String]>,
     /// When an item in the folder last changed, as the server reports it (EWS:
     /// PR_LOCAL_COMMIT_TIME_MAX, to the second); `None` when the server does not say. Lets
     /// the scheduler skip listing a folder that has not changed since a complete listing.

@@ -17,7 +17,7 @@ mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -29,7 +29,8 @@ pub use health::{Verdict, WEDGED_AFTER};
 
 use crate::config::MailboxConfig;
 use crate::exchange::FolderInfo;
-use crate::sync::state::{Cursor, MailboxState};
+use crate::sync::folders::{Folder, FolderTable, MailboxFolders};
+use crate::sync::state::Cursor;
 
 /// A long sync logs its progress per mailbox at most this often.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
@@ -181,25 +182,117 @@ struct MailboxEntry {
     discovering: bool,
     /// Whether the current cycle's discovery failed.
     cycle_failed: bool,
-    folders: BTreeMap<String, FolderEntry>,
-    /// Folders queued in the current cycle and not finished yet.
-    pending: BTreeSet<String>,
+    /// The mailbox's folders in the run's folder table, where each folder's [`FolderView`]
+    /// is kept next to its sync state.
+    folders: Option<Folders>,
+    /// How many folders were queued in the current cycle and are not finished yet.
+    pending: usize,
     progress: Progress,
 }
 
+/// One mailbox's row of the folder table.
 #[derive(Debug)]
-struct FolderEntry {
-    path: Vec<String>,
-    watermark: OffsetDateTime,
-    ids_at_watermark: usize,
-    /// `new`, `syncing`, `ok` or `error`.
-    status: &'static str,
-    last_error: Option<Note>,
-    last_synced_at: Option<OffsetDateTime>,
-    /// Listed emails not stored yet.
-    backlog: u64,
+struct Folders {
+    table: Arc<FolderTable>,
+    index: usize,
+}
+
+impl MailboxEntry {
+    /// The mailbox's folders, locked (after the metrics' own lock, never before it).
+    fn folders(&self) -> FoldersGuard<'_> {
+        FoldersGuard(self.folders.as_ref().map(|f| f.table.lock(f.index)))
+    }
+}
+
+struct FoldersGuard<'a>(Option<MutexGuard<'a, MailboxFolders>>);
+
+impl FoldersGuard<'_> {
+    /// The folders `/status` and `/metrics` show, by id.
+    fn shown(&self) -> impl Iterator<Item = &Folder> {
+        self.0
+            .iter()
+            .flat_map(|folders| folders.iter())
+            .filter(|folder| folder.view.visible)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Folder> {
+        self.0.as_mut()?.get_mut(id)
+    }
+}
+
+/// What `/status` and `/metrics` show about a folder beyond its sync state. It lives in the
+/// folder table (`sync::folders`), next to the sync state the committer writes; only the
+/// metrics write it.
+#[derive(Debug, Default)]
+pub struct FolderView {
+    /// Shown: false for folders of the saved state that the last discovery did not find.
+    visible: bool,
+    status: FolderStatus,
+    /// Queued in the current cycle and not finished yet.
+    pending: bool,
+    /// Found again after it had vanished from discovery: shown as a new folder, without its
+    /// last sync time, until its next progress.
+    reappeared: bool,
     /// The last listing stopped at `emails_per_folder`: more emails wait beyond the backlog.
     more_to_list: bool,
+    /// Listed emails not stored yet.
+    backlog: u64,
+    last_error: Option<Box<Note>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum FolderStatus {
+    #[default]
+    New,
+    Syncing,
+    Ok,
+    Error,
+}
+
+impl FolderStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            FolderStatus::New => "new",
+            FolderStatus::Syncing => "syncing",
+            FolderStatus::Ok => "ok",
+            FolderStatus::Error => "error",
+        }
+    }
+}
+
+/// A folder as `/status` and `/metrics` show it.
+trait Shown {
+    fn status(&self) -> &'static str;
+    fn last_synced(&self) -> Option<OffsetDateTime>;
+    fn last_error_note(&self) -> Option<&Note>;
+    fn backlog(&self) -> u64;
+    fn more_to_list(&self) -> bool;
+}
+
+impl Shown for Folder {
+    fn status(&self) -> &'static str {
+        self.view.status.as_str()
+    }
+
+    fn last_synced(&self) -> Option<OffsetDateTime> {
+        if self.view.reappeared {
+            None
+        } else {
+            self.last_synced_at
+        }
+    }
+
+    fn last_error_note(&self) -> Option<&Note> {
+        self.view.last_error.as_deref()
+    }
+
+    fn backlog(&self) -> u64 {
+        self.view.backlog
+    }
+
+    fn more_to_list(&self) -> bool {
+        self.view.more_to_list
+    }
 }
 
 /// The progress log of one catch-up of a mailbox.
@@ -304,8 +397,8 @@ impl Metrics {
     }
 
     /// A run starts with these mailboxes, whose buckets are prepared and whose states are
-    /// loaded (`states[i]` belongs to `mailboxes[i]`): the sink is reachable.
-    pub fn begin_run(&self, mailboxes: &[MailboxConfig], states: &[MailboxState]) {
+    /// loaded into `folders` (row `i` belongs to `mailboxes[i]`): the sink is reachable.
+    pub fn begin_run(&self, mailboxes: &[MailboxConfig], folders: &Arc<FolderTable>) {
         let mut state = self.lock();
         state.phase = Phase::Running;
         state.sink_ready = true;
@@ -317,30 +410,10 @@ impl Metrics {
             .iter()
             .enumerate()
             .map(|(i, mailbox)| {
-                let folders = states
-                    .get(i)
-                    .map(|s| {
-                        s.folders
-                            .iter()
-                            .map(|(id, f)| {
-                                let entry = FolderEntry {
-                                    path: f.path.clone(),
-                                    watermark: f.synced_until,
-                                    ids_at_watermark: f.ids_at_synced_until.len(),
-                                    status: if f.status == "error" { "error" } else { "ok" },
-                                    last_error: f.last_error.as_ref().map(|m| Note {
-                                        at: f.last_synced_at.unwrap_or(f.synced_until),
-                                        message: m.clone(),
-                                    }),
-                                    last_synced_at: f.last_synced_at,
-                                    backlog: 0,
-                                    more_to_list: false,
-                                };
-                                (id.clone(), entry)
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let folders = (i < folders.len()).then(|| Folders {
+                    table: folders.clone(),
+                    index: i,
+                });
                 let entry = MailboxEntry {
                     bucket: format!("{}/{}", mailbox.bucket.owner, mailbox.bucket.name),
                     status: "waiting",
@@ -351,9 +424,28 @@ impl Metrics {
                     discovering: false,
                     cycle_failed: false,
                     folders,
-                    pending: BTreeSet::new(),
+                    pending: 0,
                     progress: Progress::default(),
                 };
+                // Every folder of the saved state is shown until the first discovery.
+                for folder in entry.folders().0.iter_mut().flat_map(|f| f.iter_mut()) {
+                    let failed = folder.failed();
+                    folder.view = FolderView {
+                        visible: true,
+                        status: if failed {
+                            FolderStatus::Error
+                        } else {
+                            FolderStatus::Ok
+                        },
+                        last_error: folder.last_error().map(|message| {
+                            Box::new(Note {
+                                at: folder.last_synced_at.unwrap_or(folder.synced_until()),
+                                message: message.to_owned(),
+                            })
+                        }),
+                        ..FolderView::default()
+                    };
+                }
                 (mailbox.address.clone(), entry)
             })
             .collect();
@@ -434,12 +526,20 @@ impl Metrics {
         };
         mailbox.discovering = false;
         mailbox.last_error = None;
-        let ids: BTreeSet<&str> = folders.iter().map(|f| f.id.as_str()).collect();
-        mailbox.folders.retain(|id, _| ids.contains(id.as_str()));
-        for folder in folders {
-            if let Some(entry) = mailbox.folders.get_mut(&folder.id) {
-                entry.path.clone_from(&folder.path);
+        if let Some(table) = &mut mailbox.folders().0 {
+            let ids: BTreeSet<&str> = folders.iter().map(|f| &*f.id).collect();
+            for folder in table.iter_mut() {
+                folder.view.visible &= ids.contains(folder.id());
             }
+            for folder in folders {
+                if let Some(entry) = table.get_mut(&folder.id)
+                    && entry.view.visible
+                {
+                    entry.set_path(&folder.path);
+                }
+            }
+            // Records of folders never synced that vanished again keep nothing worth showing.
+            table.retain_unsaved(|folder| folder.view.visible || folder.view.pending);
         }
         mailbox.status = "syncing";
         let line = finish_cycle_if_done(address, mailbox, Instant::now());
@@ -455,37 +555,44 @@ impl Metrics {
         let Some(mailbox) = state.mailboxes.get_mut(address) else {
             return;
         };
-        mailbox.pending.insert(folder.id.clone());
-        let entry = mailbox
-            .folders
-            .entry(folder.id.clone())
-            .or_insert_with(|| FolderEntry {
-                path: folder.path.clone(),
-                watermark: cursor.synced_until,
-                ids_at_watermark: cursor.ids_at_synced_until.len(),
-                status: "new",
-                last_error: None,
-                last_synced_at: None,
-                backlog: 0,
-                more_to_list: false,
-            });
-        entry.path.clone_from(&folder.path);
-        if entry.status != "error" {
-            entry.status = "syncing";
+        let newly_pending = match &mut mailbox.folders().0 {
+            Some(table) => {
+                let entry = table.get_or_insert(folder, cursor);
+                let reappeared = entry.in_state();
+                let view = &mut entry.view;
+                if !view.visible {
+                    // New, or back after it had vanished: shown afresh.
+                    *view = FolderView {
+                        visible: true,
+                        pending: view.pending,
+                        reappeared,
+                        ..FolderView::default()
+                    };
+                }
+                if view.status != FolderStatus::Error {
+                    view.status = FolderStatus::Syncing;
+                }
+                !std::mem::replace(&mut view.pending, true)
+            }
+            None => false,
+        };
+        if newly_pending {
+            mailbox.pending += 1;
         }
     }
 
     /// A listing of `folder_id` found `listed` emails to copy; `complete` is false when
     /// `emails_per_folder` cut it short.
     pub fn folder_listed(&self, address: &str, folder_id: &str, listed: usize, complete: bool) {
-        let mut state = self.lock();
-        if let Some(folder) = state
-            .mailboxes
-            .get_mut(address)
-            .and_then(|m| m.folders.get_mut(folder_id))
+        let state = self.lock();
+        let Some(mailbox) = state.mailboxes.get(address) else {
+            return;
+        };
+        if let Some(folder) = mailbox.folders().get_mut(folder_id)
+            && folder.view.visible
         {
-            folder.backlog = listed as u64;
-            folder.more_to_list = !complete;
+            folder.view.backlog = listed as u64;
+            folder.view.more_to_list = !complete;
         }
     }
 
@@ -543,8 +650,10 @@ impl Metrics {
         progress.emails_at_last_log = progress.emails;
         progress.logged = true;
         let emails = progress.emails;
-        let backlog: u64 = mailbox.folders.values().map(|f| f.backlog).sum();
-        let unlisted = mailbox.folders.values().filter(|f| f.more_to_list).count();
+        let folders = mailbox.folders();
+        let backlog: u64 = folders.shown().map(|f| f.view.backlog).sum();
+        let unlisted = folders.shown().filter(|f| f.view.more_to_list).count();
+        drop(folders);
         let more = match unlisted {
             0 => String::new(),
             1 => "; 1 folder has more not listed yet".to_owned(),
@@ -584,18 +693,18 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The committer moved `folder_id`'s watermark over `covered` listed emails.
-    pub fn folder_progress(&self, address: &str, folder_id: &str, cursor: &Cursor, covered: usize) {
-        let mut state = self.lock();
-        if let Some(folder) = state
-            .mailboxes
-            .get_mut(address)
-            .and_then(|m| m.folders.get_mut(folder_id))
+    /// The committer moved `folder_id`'s watermark over `covered` listed emails (and recorded
+    /// the new watermark and sync time in the folder table).
+    pub fn folder_progress(&self, address: &str, folder_id: &str, covered: usize) {
+        let state = self.lock();
+        let Some(mailbox) = state.mailboxes.get(address) else {
+            return;
+        };
+        if let Some(folder) = mailbox.folders().get_mut(folder_id)
+            && folder.view.visible
         {
-            folder.watermark = cursor.synced_until;
-            folder.ids_at_watermark = cursor.ids_at_synced_until.len();
-            folder.backlog = folder.backlog.saturating_sub(covered as u64);
-            folder.last_synced_at = Some(OffsetDateTime::now_utc());
+            folder.view.backlog = folder.view.backlog.saturating_sub(covered as u64);
+            folder.view.reappeared = false;
         }
     }
 
@@ -618,24 +727,36 @@ impl Metrics {
         let Some(mailbox) = state.mailboxes.get_mut(address) else {
             return;
         };
-        if let Some(folder) = mailbox.folders.get_mut(folder_id) {
-            match error {
-                Some((_, message)) => {
-                    folder.status = "error";
-                    folder.last_error = Some(Note::now(message));
-                }
-                None => {
-                    folder.status = if complete { "ok" } else { "syncing" };
-                    folder.last_error = None;
-                    if complete {
-                        folder.backlog = 0;
-                        folder.more_to_list = false;
+        let mut finished = false;
+        if let Some(folder) = mailbox.folders().get_mut(folder_id) {
+            let view = &mut folder.view;
+            if view.visible {
+                match error {
+                    Some((_, message)) => {
+                        view.status = FolderStatus::Error;
+                        view.last_error = Some(Box::new(Note::now(message)));
+                    }
+                    None => {
+                        view.status = if complete {
+                            FolderStatus::Ok
+                        } else {
+                            FolderStatus::Syncing
+                        };
+                        view.last_error = None;
+                        if complete {
+                            view.backlog = 0;
+                            view.more_to_list = false;
+                        }
                     }
                 }
             }
+            if (error.is_some() || complete) && view.pending {
+                view.pending = false;
+                finished = true;
+            }
         }
-        if error.is_some() || complete {
-            mailbox.pending.remove(folder_id);
+        if finished {
+            mailbox.pending -= 1;
         }
         let line = finish_cycle_if_done(address, mailbox, Instant::now());
         drop(state);
@@ -666,16 +787,16 @@ impl Metrics {
 /// Ends a mailbox's cycle when discovery is done and no folder is pending: a success if no
 /// folder is in error. Returns the "caught up" line when a progress line was logged.
 fn finish_cycle_if_done(address: &str, mailbox: &mut MailboxEntry, now: Instant) -> Option<String> {
-    if mailbox.discovering || !mailbox.pending.is_empty() || mailbox.cycle_failed {
+    if mailbox.discovering || mailbox.pending > 0 || mailbox.cycle_failed {
         return None;
     }
     if mailbox.status != "syncing" {
         return None;
     }
     let failed = mailbox
-        .folders
-        .values()
-        .filter(|f| f.status == "error")
+        .folders()
+        .shown()
+        .filter(|f| f.view.status == FolderStatus::Error)
         .count();
     if failed > 0 {
         mailbox.status = "error";
@@ -701,8 +822,8 @@ fn finish_cycle_if_done(address: &str, mailbox: &mut MailboxEntry, now: Instant)
 
 /// A folder's display-name path as one label value: segments joined by `/`, with `%` and `/`
 /// inside a name percent-encoded so the path stays unambiguous.
-pub fn folder_label(path: &[String]) -> String {
-    path.iter()
+pub fn folder_label<'a>(path: impl IntoIterator<Item = &'a str>) -> String {
+    path.into_iter()
         .map(|segment| segment.replace('%', "%25").replace('/', "%2F"))
         .collect::<Vec<_>>()
         .join("/")

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use time::OffsetDateTime;
 
-use super::{HTTP_DURATION_BUCKETS, Metrics, folder_label};
+use super::{HTTP_DURATION_BUCKETS, Metrics, Shown, folder_label};
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -260,7 +260,7 @@ impl Metrics {
         );
         for (mailbox, entry) in &state.mailboxes {
             let error =
-                entry.status == "error" || entry.folders.values().any(|f| f.status == "error");
+                entry.status == "error" || entry.folders().shown().any(|f| f.status() == "error");
             w.sample(
                 "exchange_sync_mailbox_error",
                 &[("mailbox", mailbox)],
@@ -274,12 +274,12 @@ impl Metrics {
              more than emails_per_folder waiting.",
         );
         for (mailbox, entry) in &state.mailboxes {
-            for folder in entry.folders.values() {
-                let label = folder_label(&folder.path);
+            for folder in entry.folders().shown() {
+                let label = folder_label(folder.path());
                 w.sample(
                     "exchange_sync_folder_backlog_emails",
                     &[("mailbox", mailbox), ("folder", &label)],
-                    folder.backlog as f64,
+                    folder.backlog() as f64,
                 );
             }
         }
@@ -290,14 +290,14 @@ impl Metrics {
              is stored (its watermark); 0 when it is caught up.",
         );
         for (mailbox, entry) in &state.mailboxes {
-            for folder in entry.folders.values() {
-                let behind = folder.backlog > 0 || folder.more_to_list;
+            for folder in entry.folders().shown() {
+                let behind = folder.backlog() > 0 || folder.more_to_list();
                 let lag = if behind {
-                    (now - folder.watermark).as_seconds_f64().max(0.0)
+                    (now - folder.synced_until()).as_seconds_f64().max(0.0)
                 } else {
                     0.0
                 };
-                let label = folder_label(&folder.path);
+                let label = folder_label(folder.path());
                 w.sample(
                     "exchange_sync_folder_lag_seconds",
                     &[("mailbox", mailbox), ("folder", &label)],
@@ -311,12 +311,12 @@ impl Metrics {
             "The received time up to which the folder is stored, in seconds since the Unix epoch.",
         );
         for (mailbox, entry) in &state.mailboxes {
-            for folder in entry.folders.values() {
-                let label = folder_label(&folder.path);
+            for folder in entry.folders().shown() {
+                let label = folder_label(folder.path());
                 w.sample(
                     "exchange_sync_folder_watermark_timestamp_seconds",
                     &[("mailbox", mailbox), ("folder", &label)],
-                    unix_seconds(folder.watermark),
+                    unix_seconds(folder.synced_until()),
                 );
             }
         }

@@ -7,13 +7,13 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{Metrics, Note, Phase, folder_label};
+use super::{Metrics, Note, Phase, Shown, folder_label};
 
 fn rfc3339(t: OffsetDateTime) -> Value {
     t.format(&Rfc3339).map(Value::String).unwrap_or(Value::Null)
 }
 
-fn note(note: &Option<Note>) -> Value {
+fn note(note: Option<&Note>) -> Value {
     match note {
         Some(note) => json!({"at": rfc3339(note.at), "message": note.message}),
         None => Value::Null,
@@ -49,20 +49,20 @@ impl Metrics {
             .iter()
             .map(|(address, mailbox)| {
                 let folders: Vec<Value> = mailbox
-                    .folders
-                    .iter()
-                    .map(|(id, folder)| {
+                    .folders()
+                    .shown()
+                    .map(|folder| {
                         json!({
-                            "id": id,
-                            "path": folder.path,
-                            "label": folder_label(&folder.path),
-                            "status": folder.status,
-                            "watermark": rfc3339(folder.watermark),
-                            "ids_at_watermark": folder.ids_at_watermark,
-                            "last_synced_at": folder.last_synced_at.map_or(Value::Null, rfc3339),
-                            "last_error": note(&folder.last_error),
-                            "backlog_emails": folder.backlog,
-                            "more_to_list": folder.more_to_list,
+                            "id": folder.id(),
+                            "path": folder.path().collect::<Vec<_>>(),
+                            "label": folder_label(folder.path()),
+                            "status": folder.status(),
+                            "watermark": rfc3339(folder.synced_until()),
+                            "ids_at_watermark": folder.ids_at_synced_until(),
+                            "last_synced_at": folder.last_synced().map_or(Value::Null, rfc3339),
+                            "last_error": note(folder.last_error_note()),
+                            "backlog_emails": folder.backlog(),
+                            "more_to_list": folder.more_to_list(),
                         })
                     })
                     .collect();
@@ -71,7 +71,7 @@ impl Metrics {
                     "address": address,
                     "bucket": mailbox.bucket,
                     "status": mailbox.status,
-                    "last_error": note(&mailbox.last_error),
+                    "last_error": note(mailbox.last_error.as_ref()),
                     "cycle_started_at": mailbox.cycle_started_at.map_or(Value::Null, rfc3339),
                     "last_success_at": mailbox.last_success_at.map_or(Value::Null, rfc3339),
                     "next_poll_at": mailbox
@@ -95,7 +95,7 @@ impl Metrics {
             "config": state.config_origin,
             "shard": state.shard.map(|(index, total)| json!({"index": index, "total": total})),
             "restarts": state.restarts,
-            "last_fatal_error": note(&state.last_fatal),
+            "last_fatal_error": note(state.last_fatal.as_ref()),
             "retries": retries,
             "mailboxes": mailboxes,
         });

@@ -8,6 +8,7 @@ use time::macros::datetime;
 use super::prometheus::validate;
 use super::*;
 use crate::config::{Bucket, MailboxConfig, StartFrom};
+use crate::sync::state::MailboxState;
 
 fn mailbox(address: &str) -> MailboxConfig {
     MailboxConfig {
@@ -33,11 +34,35 @@ fn cursor() -> Cursor {
     Cursor::starting_at(datetime!(2024-01-01 0:00 UTC))
 }
 
+/// The folder table of a run whose mailboxes have these saved states.
+fn table(states: Vec<MailboxState>) -> Arc<FolderTable> {
+    Arc::new(FolderTable::new(
+        states.into_iter().map(MailboxFolders::from_state).collect(),
+    ))
+}
+
+/// What the committer does when a batch of `folder` is stored: records the new cursor in the
+/// folder table, then reports the progress.
+fn stored(metrics: &Metrics, address: &str, folder: &FolderInfo, moved: &Cursor, covered: usize) {
+    {
+        let state = metrics.lock();
+        let mut folders = state.mailboxes[address].folders();
+        let record = folders
+            .0
+            .as_mut()
+            .unwrap()
+            .record(folder, cursor().synced_until);
+        record.set_cursor(moved);
+        record.last_synced_at = Some(OffsetDateTime::now_utc());
+    }
+    metrics.folder_progress(address, &folder.id, covered);
+}
+
 /// A run with one mailbox whose two folders are queued and discovered.
 fn running(address: &str) -> Metrics {
     let metrics = Metrics::default();
     metrics.config_loaded("test.json");
-    metrics.begin_run(&[mailbox(address)], &[]);
+    metrics.begin_run(&[mailbox(address)], &table(vec![MailboxState::default()]));
     metrics.discovery_started(address);
     metrics.folder_queued(address, &folder("f1", &["Inbox"]), &cursor());
     metrics.folder_queued(
@@ -154,7 +179,7 @@ fn backlog_and_lag_follow_the_watermark() {
     metrics.folder_listed("a@b.c", "f1", 10, true);
     let mut moved = cursor();
     moved.advance([(datetime!(2024-01-02 0:00 UTC), "x")]);
-    metrics.folder_progress("a@b.c", "f1", &moved, 4);
+    stored(&metrics, "a@b.c", &folder("f1", &["Inbox"]), &moved, 4);
     let now = datetime!(2024-01-02 0:01 UTC);
     let text = metrics.render_prometheus_at(now, Instant::now());
     assert!(
@@ -232,7 +257,7 @@ fn liveness_fails_for_a_panic_or_a_wedged_stage_only() {
     let verdict = metrics.liveness();
     assert!(!verdict.ok && verdict.lines[0].contains("uploader-1 panicked"));
     // A new run starts clean.
-    metrics.begin_run(&[], &[]);
+    metrics.begin_run(&[], &table(vec![]));
     assert!(metrics.liveness().ok);
 }
 
@@ -243,7 +268,7 @@ fn readiness_needs_config_sink_and_a_first_cycle() {
     assert!(!verdict.ok);
     assert_eq!(verdict.lines.len(), 3, "{verdict:?}");
     metrics.config_loaded("c.json");
-    metrics.begin_run(&[mailbox("a@b.c")], &[]);
+    metrics.begin_run(&[mailbox("a@b.c")], &table(vec![MailboxState::default()]));
     let verdict = metrics.readiness();
     assert_eq!(
         verdict.lines,
@@ -261,7 +286,7 @@ fn readiness_needs_config_sink_and_a_first_cycle() {
     assert!(metrics.liveness().lines[0].contains("restarting"));
     assert_eq!(metrics.status_json()["state"], "restarting");
     // A shard without mailboxes is ready once its (empty) run starts.
-    metrics.begin_run(&[], &[]);
+    metrics.begin_run(&[], &table(vec![]));
     assert!(metrics.readiness().ok);
 }
 
@@ -307,7 +332,7 @@ fn status_starts_from_the_stored_state_and_drops_vanished_folders() {
         mailbox: "a@b.c".into(),
         folders,
     };
-    metrics.begin_run(&[mailbox("a@b.c")], &[stored]);
+    metrics.begin_run(&[mailbox("a@b.c")], &table(vec![stored]));
     let status = metrics.status_json();
     let folder = &status["mailboxes"][0]["folders"][0];
     assert_eq!(folder["watermark"], "2024-02-01T00:00:00Z");
@@ -324,8 +349,7 @@ fn status_starts_from_the_stored_state_and_drops_vanished_folders() {
 
 #[test]
 fn folder_labels_are_unambiguous() {
-    let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert_eq!(folder_label(&path(&["Inbox", "2024"])), "Inbox/2024");
-    assert_eq!(folder_label(&path(&["Q1/Q2"])), "Q1%2FQ2");
-    assert_eq!(folder_label(&path(&["100%"])), "100%25");
+    assert_eq!(folder_label(["Inbox", "2024"]), "Inbox/2024");
+    assert_eq!(folder_label(["Q1/Q2"]), "Q1%2FQ2");
+    assert_eq!(folder_label(["100%"]), "100%25");
 }

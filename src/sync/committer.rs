@@ -1,5 +1,8 @@
 //! State committer: the single writer of sync state. It advances a folder's watermark only
 //! through the contiguous prefix of batches the sink has stored, and persists it.
+//!
+//! The sync state lives in the folder table (`sync::folders`), shared with the scheduler (which
+//! starts each folder pass from the cursor recorded there) and the metrics.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -8,8 +11,8 @@ use crossbeam_channel::{Receiver, Sender};
 use time::OffsetDateTime;
 
 use super::Shared;
+use super::folders::{Folder, FolderTable, MailboxFolders};
 use super::messages::{Commit, Event, FolderJob};
-use super::state::{FolderState, MailboxState, STATE_VERSION};
 use crate::metrics::{self, Metrics};
 
 /// Progress of one folder job.
@@ -29,11 +32,11 @@ struct Listed {
     error: Option<crate::exchange::Error>,
 }
 
-/// Runs the committer until every fetcher and uploader has hung up. `states` holds the loaded
+/// Runs the committer until every fetcher and uploader has hung up. `folders` holds the loaded
 /// state of every mailbox, by mailbox index.
 pub fn run(
     shared: Arc<Shared>,
-    mut states: Vec<MailboxState>,
+    folders: Arc<FolderTable>,
     commits: Receiver<Commit>,
     events: Sender<Event>,
 ) {
@@ -44,11 +47,11 @@ pub fn run(
         // Apply everything already queued before writing, so a burst of acks costs one write.
         let mut message = Some(first);
         while let Some(commit) = message.take().or_else(|| commits.try_recv().ok()) {
-            apply(&shared, &mut jobs, &mut states, &mut dirty, commit);
+            apply(&shared, &mut jobs, &folders, &mut dirty, commit);
         }
-        persist(&shared, &states, &mut dirty);
-        finish_done_jobs(&shared, &mut jobs, &mut states, &mut dirty, &events);
-        persist(&shared, &states, &mut dirty);
+        persist(&shared, &folders, &mut dirty);
+        finish_done_jobs(&shared, &mut jobs, &folders, &mut dirty, &events);
+        persist(&shared, &folders, &mut dirty);
     }
     if !jobs.is_empty() {
         log::info!(
@@ -61,7 +64,7 @@ pub fn run(
 fn apply(
     shared: &Shared,
     jobs: &mut HashMap<u64, JobProgress>,
-    states: &mut [MailboxState],
+    folders: &FolderTable,
     dirty: &mut HashSet<usize>,
     commit: Commit,
 ) {
@@ -103,14 +106,16 @@ fn apply(
                     .job
                     .cursor
                     .advance(covers.iter().map(|(t, id)| (*t, id.as_str())));
-                let state = folder_state(&mut states[progress.job.mailbox], &progress.job);
-                state.set_cursor(&progress.job.cursor);
-                state.last_synced_at = Some(OffsetDateTime::now_utc());
+                {
+                    let mut mailbox = folders.lock(progress.job.mailbox);
+                    let state = folder_state(&mut mailbox, &progress.job);
+                    state.set_cursor(&progress.job.cursor);
+                    state.last_synced_at = Some(OffsetDateTime::now_utc());
+                }
                 dirty.insert(progress.job.mailbox);
                 shared.metrics.folder_progress(
                     &shared.mailboxes[progress.job.mailbox].address,
                     &progress.job.folder.id,
-                    &progress.job.cursor,
                     covers.len(),
                 );
             }
@@ -133,26 +138,14 @@ fn apply(
 }
 
 /// The persisted state of a job's folder, created from the job's starting cursor if new.
-fn folder_state<'a>(state: &'a mut MailboxState, job: &FolderJob) -> &'a mut FolderState {
-    let entry = state
-        .folders
-        .entry(job.folder.id.clone())
-        .or_insert_with(|| FolderState {
-            path: job.folder.path.clone(),
-            synced_until: job.cursor.synced_until,
-            ids_at_synced_until: Vec::new(),
-            last_synced_at: None,
-            status: "ok".into(),
-            last_error: None,
-        });
-    entry.path.clone_from(&job.folder.path);
-    entry
+fn folder_state<'a>(mailbox: &'a mut MailboxFolders, job: &FolderJob) -> &'a mut Folder {
+    mailbox.record(&job.folder, job.cursor.synced_until)
 }
 
 fn finish_done_jobs(
     shared: &Shared,
     jobs: &mut HashMap<u64, JobProgress>,
-    states: &mut [MailboxState],
+    folders: &FolderTable,
     dirty: &mut HashSet<usize>,
     events: &Sender<Event>,
 ) {
@@ -179,6 +172,11 @@ fn finish_done_jobs(
             Metrics::add(&shared.metrics.job_failures, 1);
             log::error!("mailbox={address} folder={:?}: {message}", job.folder.path);
         }
+        let changed =
+            folder_state(&mut folders.lock(job.mailbox), &job).set_outcome(error.as_deref());
+        if changed {
+            dirty.insert(job.mailbox);
+        }
         let kind = listed.error.as_ref().map_or("sink", |e| e.kind());
         shared.metrics.folder_finished(
             address,
@@ -186,16 +184,6 @@ fn finish_done_jobs(
             error.as_deref().map(|message| (kind, message)),
             listed.complete && error.is_none(),
         );
-        let state = folder_state(&mut states[job.mailbox], &job);
-        let (status, last_error) = match &error {
-            Some(message) => ("error", Some(message.clone())),
-            None => ("ok", None),
-        };
-        if state.status != status || state.last_error != last_error {
-            state.status = status.into();
-            state.last_error = last_error;
-            dirty.insert(job.mailbox);
-        }
         let _ = events.send(Event::FolderDone {
             mailbox: job.mailbox,
             folder_id: job.folder.id.clone(),
@@ -207,11 +195,10 @@ fn finish_done_jobs(
     }
 }
 
-fn persist(shared: &Shared, states: &[MailboxState], dirty: &mut HashSet<usize>) {
+fn persist(shared: &Shared, folders: &FolderTable, dirty: &mut HashSet<usize>) {
     for mailbox in dirty.drain() {
         let config = &shared.mailboxes[mailbox];
-        let mut state = states[mailbox].clone();
-        state.version = STATE_VERSION;
+        let state = folders.lock(mailbox).to_state();
         if let Err(err) = shared.sink.save_state(&config.bucket, &state) {
             // The data is stored; only the watermark lags. The next write retries it, and at
             // worst a restart re-copies some emails, which is harmless (ids are stable).
@@ -230,7 +217,7 @@ mod tests {
     use crate::config::{Bucket, MailboxConfig, StartFrom};
     use crate::exchange::FolderInfo;
     use crate::sink::local::LocalSink;
-    use crate::sync::state::Cursor;
+    use crate::sync::state::{Cursor, MailboxState, STATE_VERSION};
     use time::macros::datetime;
 
     fn shared(dir: &std::path::Path) -> Arc<Shared> {
@@ -259,7 +246,7 @@ mod tests {
             mailbox: 0,
             folder: FolderInfo {
                 id: "f".into(),
-                path: vec!["Inbox".into()],
+                path: ["Inbox".to_owned()].into(),
                 changed_at: None,
             },
             cursor: Cursor::starting_at(datetime!(2024-01-01 0:00 UTC)),
@@ -277,7 +264,7 @@ mod tests {
     fn run_commits(
         dir: &std::path::Path,
         commits: Vec<Commit>,
-    ) -> (Option<crate::sync::state::MailboxState>, Vec<Event>) {
+    ) -> (Option<MailboxState>, Vec<Event>) {
         let shared = shared(dir);
         let (tx, rx) = crossbeam_channel::unbounded();
         let (event_tx, event_rx) = crossbeam_channel::unbounded();
@@ -290,7 +277,8 @@ mod tests {
             mailbox: "a@b.c".into(),
             folders: Default::default(),
         };
-        run(shared.clone(), vec![state], rx, event_tx);
+        let folders = FolderTable::new(vec![MailboxFolders::from_state(state)]);
+        run(shared.clone(), Arc::new(folders), rx, event_tx);
         let bucket = &shared.mailboxes[0].bucket;
         (
             shared.sink.load_state(bucket, "a@b.c").unwrap(),

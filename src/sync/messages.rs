@@ -1,5 +1,7 @@
 //! The messages that cross the pipeline's channels.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 
 use super::state::Cursor;
@@ -71,7 +73,7 @@ pub enum Event {
     },
     FolderDone {
         mailbox: usize,
-        folder_id: String,
+        folder_id: Arc<str>,
         cursor: Cursor,
         complete: bool,
         /// Why the job did not finish, if it did not.

@@ -3,12 +3,12 @@
 
 pub mod committer;
 pub mod fetcher;
+pub mod folders;
 pub mod messages;
 pub mod scheduler;
 pub mod state;
 pub mod uploader;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,8 +21,8 @@ use crate::exchange::MailSource;
 use crate::metrics::Metrics;
 use crate::shutdown::StopFlag;
 use crate::sink::Sink;
+use folders::FolderTable;
 pub use scheduler::Outcome;
-use state::{Cursor, MailboxState};
 
 /// Finished batches that may wait for an uploader.
 const BATCH_QUEUE: usize = 2;
@@ -49,13 +49,12 @@ pub struct Settings {
     pub shutdown_deadline: Duration,
 }
 
-/// Runs the pipeline until `--once` is done, a stop, or a fatal error. `states` holds each
-/// mailbox's loaded state (the committer's), `cursors` the starting cursors (the
-/// scheduler's), and `sources` one protocol client per fetcher thread.
+/// Runs the pipeline until `--once` is done, a stop, or a fatal error. `folders` holds each
+/// mailbox's loaded state (the committer writes it, the scheduler reads cursors from it), and
+/// `sources` one protocol client per fetcher thread.
 pub fn run(
     shared: Arc<Shared>,
-    states: Vec<MailboxState>,
-    cursors: Vec<HashMap<String, Cursor>>,
+    folders: Arc<FolderTable>,
     sources: Vec<Box<dyn MailSource>>,
     settings: Settings,
 ) -> Outcome {
@@ -75,9 +74,14 @@ pub fn run(
     let metrics = shared.metrics.clone();
 
     {
-        let (shared, events, alive) = (shared.clone(), event_tx.clone(), alive_tx.clone());
+        let (shared, folders, events, alive) = (
+            shared.clone(),
+            folders.clone(),
+            event_tx.clone(),
+            alive_tx.clone(),
+        );
         threads.push(spawn("committer", &stop, &metrics, move || {
-            committer::run(shared, states, commit_rx, events);
+            committer::run(shared, folders, commit_rx, events);
             drop(alive);
         }));
     }
@@ -120,7 +124,7 @@ pub fn run(
     // Only the workers hold these now, so channels close in pipeline order.
     drop((job_rx, batch_rx, batch_tx, commit_tx, event_tx, alive_tx));
 
-    let scheduler = scheduler::Scheduler::new(shared.clone(), cursors, settings.until);
+    let scheduler = scheduler::Scheduler::new(shared.clone(), folders.cursors(), settings.until);
     let outcome = match spawn("scheduler", &stop, &metrics, move || {
         scheduler.run(job_tx, event_rx)
     })

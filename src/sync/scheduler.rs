@@ -10,8 +10,9 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use time::OffsetDateTime;
 
 use super::Shared;
+use super::folders::MailboxCursors;
 use super::messages::{Event, FolderJob, Job};
-use super::state::Cursor;
+use super::state::{ChangeMark, Cursor};
 use crate::config::StartFrom;
 use crate::exchange::FolderInfo;
 use crate::metrics::Metrics;
@@ -41,17 +42,17 @@ struct MailboxSlot {
     discovering: bool,
     discovered_once: bool,
     folders: Vec<FolderInfo>,
-    cursors: HashMap<String, Cursor>,
-    busy: HashSet<String>,
+    cursors: MailboxCursors,
+    busy: HashSet<Arc<str>>,
     /// Folders whose last pass failed, with when they may run again.
-    failed_until: HashMap<String, Instant>,
+    failed_until: HashMap<Arc<str>, Instant>,
     next_cycle_at: Instant,
     /// `--once`: folders that have nothing more to copy up to the cut-off.
-    drained: HashSet<String>,
+    drained: HashSet<Arc<str>>,
     /// `--once`: the mailbox is finished (all folders drained or failed, or it failed).
     once_done: bool,
     /// `--once`: failed passes per folder.
-    once_failures: HashMap<String, u32>,
+    once_failures: HashMap<Arc<str>, u32>,
     consecutive_failures: u32,
 }
 
@@ -75,10 +76,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// `cursors` holds, per mailbox, the persisted cursors by folder id.
+    /// `cursors` holds, per mailbox, the cursors the committer recorded.
     pub fn new(
         shared: Arc<Shared>,
-        cursors: Vec<HashMap<String, Cursor>>,
+        cursors: Vec<MailboxCursors>,
         until: Option<OffsetDateTime>,
     ) -> Self {
         let now = Instant::now();
@@ -178,8 +179,12 @@ impl Scheduler {
 
     /// Remembers when an idle mailbox's next cycle is due.
     fn note_if_idle(&mut self, mailbox: usize) {
-        let slot = &self.slots[mailbox];
+        let slot = &mut self.slots[mailbox];
         if !slot.discovering && slot.busy.is_empty() && !slot.once_done {
+            if self.until.is_none() {
+                // The next cycle discovers the folders again.
+                slot.folders = Vec::new();
+            }
             self.due.push(Reverse((slot.next_cycle_at, mailbox)));
         }
     }
@@ -304,7 +309,7 @@ impl Scheduler {
             Event::FolderDone {
                 mailbox,
                 folder_id,
-                cursor,
+                cursor: _,
                 complete,
                 error,
                 fatal,
@@ -322,11 +327,10 @@ impl Scheduler {
                     // Keeps no table sized for the whole mailbox between cycles.
                     slot.busy.shrink_to_fit();
                 }
-                let mut cursor = cursor;
                 if complete && error.is_none() {
-                    cursor.change = cursor.change.listed_completely();
+                    slot.cursors
+                        .update_change_mark(&folder_id, ChangeMark::listed_completely);
                 }
-                slot.cursors.insert(folder_id.clone(), cursor);
                 let folder = slot.folders.iter().find(|f| f.id == folder_id).cloned();
                 match (error, folder) {
                     (Some(_), Some(folder)) if self.until.is_some() => {
@@ -363,7 +367,9 @@ impl Scheduler {
                     }
                     (None, _) => {
                         slot.failed_until.remove(&folder_id);
-                        slot.drained.insert(folder_id);
+                        if self.until.is_some() {
+                            slot.drained.insert(folder_id);
+                        }
                     }
                 }
                 self.check_once_done(mailbox);
@@ -389,15 +395,21 @@ impl Scheduler {
         {
             return false;
         }
-        let cursor = slot.cursors.entry(folder.id.clone()).or_insert_with(|| {
-            Cursor::starting_at(start_of(config.start_timestamp, config.start_from))
-        });
-        // `--once` lists every folder: its cursors come from the sink, without change marks.
-        if self.until.is_none() && cursor.change.is_covered(folder.changed_at) {
+        // `--once` lists every folder.
+        let known = match self.until {
+            None => slot.cursors.change_mark(&folder.id),
+            Some(_) => ChangeMark::Unknown,
+        };
+        if known.is_covered(folder.changed_at) {
             return false;
         }
-        cursor.change = cursor.change.queued(folder.changed_at, now);
-        let cursor = cursor.clone();
+        let cursor = slot.cursors.get_or(&folder.id, || {
+            Cursor::starting_at(start_of(config.start_timestamp, config.start_from))
+        });
+        let change = known.queued(folder.changed_at, now);
+        if change != known {
+            slot.cursors.set_change_mark(&folder, &cursor, change);
+        }
         slot.busy.insert(folder.id.clone());
         self.shared
             .metrics

@@ -16,9 +16,6 @@ use time::OffsetDateTime;
 pub struct Cursor {
     pub synced_until: OffsetDateTime,
     pub ids_at_synced_until: HashSet<String>,
-    /// Whether a listing covers the folder's latest change; in memory only, so after a
-    /// restart every folder is listed once more.
-    pub change: ChangeMark,
 }
 
 impl Cursor {
@@ -26,7 +23,6 @@ impl Cursor {
         Cursor {
             synced_until: t,
             ids_at_synced_until: HashSet::new(),
-            change: ChangeMark::Unknown,
         }
     }
 
@@ -50,23 +46,24 @@ impl Cursor {
 pub const CHANGE_TIME_RESOLUTION: Duration = Duration::from_secs(2);
 
 /// What we know about a folder's contents relative to the server's change time of the folder
-/// ([`crate::exchange::FolderInfo::changed_at`]).
+/// ([`crate::exchange::FolderInfo::changed_at`]). Kept in the folder table, in memory only:
+/// after a restart every folder is listed once more.
 ///
 /// Listing a folder whose change time has not moved since a complete listing finds nothing
 /// new, but only if that listing began after every change stamped with that time: hence a
-/// time is trusted only once a complete listing began [`CHANGE_TIME_RESOLUTION`] after the
-/// time was first seen, which usually means one extra listing per change.
+/// time is trusted only once a complete listing queued [`CHANGE_TIME_RESOLUTION`] after the
+/// time was first seen covers it, which usually means one extra listing per change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChangeMark {
     /// No change time known (none reported, or never listed since the start).
     #[default]
     Unknown,
-    /// The folder's change time was `changed_at` when first seen at `seen_at`; the latest
-    /// listing was queued at `queued_at`.
+    /// The folder's change time was `changed_at` when first seen at `seen_at`; a listing is
+    /// queued, which covers that time if `confirming` (it was queued late enough).
     Seen {
         changed_at: OffsetDateTime,
         seen_at: Instant,
-        queued_at: Instant,
+        confirming: bool,
     },
     /// A complete listing covers every change up to and including `changed_at`.
     Covered { changed_at: OffsetDateTime },
@@ -95,7 +92,7 @@ impl ChangeMark {
         ChangeMark::Seen {
             changed_at,
             seen_at,
-            queued_at: now,
+            confirming: now >= seen_at + CHANGE_TIME_RESOLUTION,
         }
     }
 
@@ -106,11 +103,9 @@ impl ChangeMark {
         match self {
             ChangeMark::Seen {
                 changed_at,
-                seen_at,
-                queued_at,
-            } if queued_at >= seen_at + CHANGE_TIME_RESOLUTION => {
-                ChangeMark::Covered { changed_at }
-            }
+                confirming: true,
+                ..
+            } => ChangeMark::Covered { changed_at },
             other => other,
         }
     }
@@ -150,7 +145,6 @@ impl FolderState {
         Cursor {
             synced_until: self.synced_until,
             ids_at_synced_until: self.ids_at_synced_until.iter().cloned().collect(),
-            change: ChangeMark::Unknown,
         }
     }
 
@@ -207,11 +201,12 @@ mod tests {
         assert!(!covered.is_covered(None));
         let mark = covered.queued(Some(later), seen + CHANGE_TIME_RESOLUTION * 2);
         assert!(!mark.listed_completely().is_covered(Some(later)));
-        // Queuing again keeps the first sighting.
-        assert_eq!(
-            mark,
-            mark.queued(Some(later), seen + CHANGE_TIME_RESOLUTION * 2)
-        );
+        // Queued again with the same time: the first sighting counts.
+        let soon = seen + CHANGE_TIME_RESOLUTION * 2 + Duration::from_millis(500);
+        let again = mark.queued(Some(later), soon);
+        assert!(!again.listed_completely().is_covered(Some(later)));
+        let again = again.queued(Some(later), seen + CHANGE_TIME_RESOLUTION * 3);
+        assert!(again.listed_completely().is_covered(Some(later)));
     }
 
     #[test]

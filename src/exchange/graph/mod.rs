@@ -232,8 +232,8 @@ impl MailSource for GraphSource {
                 }
             }
             out.push(FolderInfo {
-                id: folder.id,
-                path,
+                id: folder.id.into(),
+                path: path.into(),
                 // Graph lists no change time of a folder's contents: every folder is listed.
                 changed_at: None,
             });

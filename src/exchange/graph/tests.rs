@@ -97,7 +97,7 @@ fn discovers_the_mail_folders_ews_would() {
     );
     let mut source = setup.source();
     let folders = source.discover_folders(MAILBOX).unwrap();
-    let mut paths: Vec<Vec<String>> = folders.iter().map(|f| f.path.clone()).collect();
+    let mut paths: Vec<Vec<String>> = folders.iter().map(|f| f.path.to_vec()).collect();
     paths.sort();
     let data = setup.graph.data();
     assert_eq!(paths, expected_paths(&data.mailboxes[0]));
@@ -108,7 +108,7 @@ fn discovers_the_mail_folders_ews_would() {
         .iter()
         .find(|f| f.display_name == "Inbox")
         .unwrap();
-    assert!(folders.iter().any(|f| f.id == rest_id(&inbox.id)));
+    assert!(folders.iter().any(|f| *f.id == rest_id(&inbox.id)));
     assert!(
         setup.graph.stats().rejected.is_empty(),
         "{:?}",
@@ -128,8 +128,8 @@ fn folder_info(setup: &Setup, name: &str) -> (FolderInfo, Vec<fake_exchange::Ite
     items.sort_by(|a, b| a.received.cmp(&b.received).then(a.id.cmp(&b.id)));
     (
         FolderInfo {
-            id: rest_id(&folder.id),
-            path: mailbox.mail_folder_path(&folder.id),
+            id: rest_id(&folder.id).into(),
+            path: mailbox.mail_folder_path(&folder.id).into(),
             changed_at: None,
         },
         items,
