@@ -21,6 +21,11 @@ use crate::metrics::Metrics;
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
 /// Jobs the queue keeps room for between cycles.
 const IDLE_QUEUE_CAPACITY: usize = 64;
+/// Due mailboxes are discovered only while fewer jobs than this wait: a discovery queues every
+/// folder of its mailbox, so discovering all due mailboxes at once held every mailbox's folder
+/// list and jobs in memory together (and glibc keeps such a peak's pages afterwards). More
+/// than the fetcher threads (at most 27), so none waits for work.
+const DISCOVERY_LOW_WATER: usize = 32;
 /// `--once`: passes a failing folder gets before the run reports it as not synced.
 const ONCE_FOLDER_ATTEMPTS: u32 = 3;
 /// `--once`: pause before a failed folder's next pass, times the failures so far.
@@ -60,6 +65,8 @@ pub struct Scheduler {
     shared: Arc<Shared>,
     slots: Vec<MailboxSlot>,
     queue: VecDeque<Job>,
+    /// Due mailboxes whose discovery is not queued yet (see [`DISCOVERY_LOW_WATER`]).
+    waiting_discoveries: VecDeque<usize>,
     /// `--once`: failed folders waiting for their next pass.
     deferred: Vec<(Instant, usize, FolderInfo)>,
     next_job_id: u64,
@@ -104,6 +111,7 @@ impl Scheduler {
             shared,
             slots,
             queue: VecDeque::new(),
+            waiting_discoveries: VecDeque::new(),
             deferred: Vec::new(),
             next_job_id: 0,
             until,
@@ -124,6 +132,11 @@ impl Scheduler {
             }
             self.start_due_cycles();
             self.release_deferred();
+            while self.queue.len() < DISCOVERY_LOW_WATER
+                && let Some(mailbox) = self.waiting_discoveries.pop_front()
+            {
+                self.queue.push_back(Job::Discover { mailbox });
+            }
             if self.until.is_some() && self.once_done_count == self.slots.len() {
                 return if self.errors == 0 {
                     Outcome::Finished
@@ -208,7 +221,7 @@ impl Scheduler {
             if idle && due && !slot.once_done {
                 slot.discovering = true;
                 slot.next_cycle_at = now + self.shared.poll_frequency;
-                self.queue.push_back(Job::Discover { mailbox: index });
+                self.waiting_discoveries.push_back(index);
                 let address = &self.shared.mailboxes[index].address;
                 self.shared.metrics.next_poll(address, slot.next_cycle_at);
             }
