@@ -159,14 +159,6 @@ fn spec(mailboxes: usize, emails_per_mailbox: usize) -> GenSpec {
     }
 }
 
-fn addresses(fake: &FakeExchange) -> Vec<String> {
-    fake.data()
-        .mailboxes
-        .iter()
-        .map(|m| m.address.clone())
-        .collect()
-}
-
 /// The binary with a config file, storing into `prefix` on `azurite`.
 fn azure_command(
     config: &Path,
@@ -347,12 +339,7 @@ fn restart_after_kill_9_resumes_into_azure_with_nothing_missing() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let total: usize = fake
-        .data()
-        .mailboxes
-        .iter()
-        .map(|m| m.synced_items().count())
-        .sum();
+    let total = emails_to_copy(&fake.data());
     let count_docs = |blobs: &BTreeMap<String, Vec<u8>>| {
         blobs
             .values()

@@ -33,14 +33,6 @@ fn exchange(mailboxes: usize, emails: usize, latency_ms: u64) -> FakeExchange {
     .unwrap()
 }
 
-fn addresses(ews: &FakeExchange) -> Vec<String> {
-    ews.data()
-        .mailboxes
-        .iter()
-        .map(|m| m.address.clone())
-        .collect()
-}
-
 /// An EWS config with OAuth2 and the client secret (access_type left at its default,
 /// delegate); `extra` keys are merged in.
 fn oauth_config(

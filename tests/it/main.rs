@@ -35,14 +35,6 @@ fn ntlm_user() -> NtlmUser {
     }
 }
 
-fn addresses(fake: &FakeExchange) -> Vec<String> {
-    fake.data()
-        .mailboxes
-        .iter()
-        .map(|m| m.address.clone())
-        .collect()
-}
-
 #[test]
 fn once_copies_5000_emails_in_nested_folders_exactly() {
     let fake = FakeExchange::start(
@@ -159,12 +151,7 @@ fn restart_after_kill_9_resumes_with_nothing_missing() {
     child.kill().unwrap();
     child.wait().unwrap();
     let before = read_docs(&prefix).len();
-    let total: usize = fake
-        .data()
-        .mailboxes
-        .iter()
-        .map(|m| m.synced_items().count())
-        .sum();
+    let total = emails_to_copy(&fake.data());
     assert!(
         before < total,
         "the first run finished before it was killed ({before} of {total})"
@@ -569,12 +556,7 @@ fn config_edits_apply_without_a_restart_and_bad_edits_are_rejected() {
         seen.push(line);
     }
     write_config(dir.path(), &config(&fake.url(), &all, json!({})));
-    let total: usize = fake
-        .data()
-        .mailboxes
-        .iter()
-        .map(|m| m.synced_items().count())
-        .sum();
+    let total = emails_to_copy(&fake.data());
     wait_until(
         Duration::from_secs(60),
         "every email of the added mailbox",
@@ -613,11 +595,7 @@ fn the_daemon_lists_only_folders_that_changed_since_their_last_complete_listing(
         .unwrap();
     let _guard = KillOnPanic(child.id());
     let data = fake.data();
-    let total: usize = data
-        .mailboxes
-        .iter()
-        .map(|m| m.synced_items().count())
-        .sum();
+    let total = emails_to_copy(&data);
     wait_until(Duration::from_secs(60), "the first copy", || {
         read_docs(&prefix).len() == total
     });

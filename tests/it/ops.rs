@@ -31,22 +31,6 @@ fn spec(mailboxes: usize, emails: usize) -> GenSpec {
     }
 }
 
-fn addresses(fake: &FakeExchange) -> Vec<String> {
-    fake.data()
-        .mailboxes
-        .iter()
-        .map(|m| m.address.clone())
-        .collect()
-}
-
-fn total_emails(fake: &FakeExchange) -> usize {
-    fake.data()
-        .mailboxes
-        .iter()
-        .map(|m| m.synced_items().count())
-        .sum()
-}
-
 /// The binary with the Communications Mining sink at `api` and the config at `config`.
 fn api_command(api_url: &str, config: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
@@ -267,7 +251,7 @@ fn metrics_move_during_a_sync_and_parse_as_prometheus() {
     let (code, first) = daemon.get("/metrics");
     assert_eq!(code, 200);
     let before = parse_metrics(&first);
-    let total = total_emails(&fake);
+    let total = emails_to_copy(&fake.data());
     daemon.wait_for(
         Duration::from_secs(120),
         "every email and a finished cycle",
@@ -417,7 +401,7 @@ fn status_shows_watermarks_and_nothing_leaks_secrets_even_at_debug_level_2() {
         &config,
         &["--debug-level", "2"],
     ));
-    let total = total_emails(&fake);
+    let total = emails_to_copy(&fake.data());
     daemon.wait_for(
         Duration::from_secs(120),
         "every email and a finished cycle",
@@ -690,7 +674,7 @@ fn without_restart_flag_a_fatal_error_exits_1_and_with_it_the_service_backs_off_
     // The operator fixes the password: the next restart picks it up and syncs.
     write_config(dir.path(), &good);
     daemon.wait_for(Duration::from_secs(60), "the copy after the fix", |d| {
-        read_docs(&prefix).len() == total_emails(&fake) && d.get("/readyz").0 == 200
+        read_docs(&prefix).len() == emails_to_copy(&fake.data()) && d.get("/readyz").0 == 200
     });
     let (code, stderr) = daemon.terminate();
     assert_eq!(code, Some(0), "{stderr}");
@@ -715,7 +699,7 @@ fn a_sink_refusing_the_token_mid_run_restarts_the_service_instead_of_ending_it()
     );
     command.env("EXCHANGE_SYNC_RESTART_BACKOFF_SECONDS", "0.2");
     let daemon = Daemon::start(command);
-    let total = total_emails(&fake);
+    let total = emails_to_copy(&fake.data());
     daemon.wait_for(Duration::from_secs(60), "the first copy", |_| {
         api.emails("demo", "emails").len() == total
     });

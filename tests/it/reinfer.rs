@@ -29,14 +29,6 @@ fn exchange(mailboxes: usize, emails: usize, latency_ms: u64) -> FakeExchange {
     FakeExchange::start(fake_exchange::generate(&spec), options).unwrap()
 }
 
-fn addresses(fake: &FakeExchange) -> Vec<String> {
-    fake.data()
-        .mailboxes
-        .iter()
-        .map(|m| m.address.clone())
-        .collect()
-}
-
 /// The binary with the API sink and the config in a file.
 fn api_command(api: &FakeReinfer, config: &std::path::Path, args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
@@ -188,12 +180,7 @@ fn state_in_the_bucket_survives_kill_9() {
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    let total: usize = fake
-        .data()
-        .mailboxes
-        .iter()
-        .map(|m| m.synced_items().count())
-        .sum();
+    let total = emails_to_copy(&fake.data());
     assert!(
         stored(&api).len() < total,
         "the first run finished before it was killed"

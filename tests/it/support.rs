@@ -238,6 +238,23 @@ pub fn assert_exact_documents(data: &fake_exchange::DataSet, docs: &[(PathBuf, V
     expected
 }
 
+/// Every mailbox address the fake Exchange serves.
+pub fn addresses(fake: &fake_exchange::FakeExchange) -> Vec<String> {
+    fake.data()
+        .mailboxes
+        .iter()
+        .map(|m| m.address.clone())
+        .collect()
+}
+
+/// How many emails a correct client copies from `data`.
+pub fn emails_to_copy(data: &fake_exchange::DataSet) -> usize {
+    data.mailboxes
+        .iter()
+        .map(|m| m.synced_items().count())
+        .sum()
+}
+
 /// Sends SIGTERM to a running exchange-sync.
 pub fn send_sigterm(child: &std::process::Child) {
     let pid = child.id().to_string();
