@@ -448,9 +448,9 @@ class Bench:
 
     def daemon_cycles(self, fake, sink, size):
         """The daemon on a sink that already holds everything: CPU and requests of its poll
-        cycles 3 and 4 (cycle 1 lists every folder, as after any start; cycle 2 lists them once
-        more to confirm their change times; from cycle 3 on a poll costs what it costs for as
-        long as nothing changes). Cycle ends are read from the fake's FindFolder counter (one
+        cycles 3 and 4 (cycle 1 lists every folder, as after any start; a change time too fresh
+        to be vouched for by the server's clock is confirmed by a second listing; from cycle 3
+        on a poll costs what it costs for as long as nothing changes). Cycle ends are read from the fake's FindFolder counter (one
         per mailbox and cycle) when no request is in flight; the CPU does not move between
         cycles, so sampling anywhere in the pause is exact."""
         n = size["mailboxes"]

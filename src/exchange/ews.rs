@@ -73,6 +73,17 @@ const PROPERTY_TAG_HIDDEN: &str = "0x10f4";
 /// PR_LOCAL_COMMIT_TIME_MAX ([MS-OXCFOLD] 2.2.2.2.1.14): the last time a message in the
 /// folder changed (added, modified, moved in or out, deleted).
 const PROPERTY_TAG_CHANGED_AT: &str = "0x670a";
+/// How far the server's `Date` must be past a folder's change time for that time to be
+/// settled: both are to the second, and the front-end server that answers and the mailbox
+/// server that stamps the change may disagree by a second or two.
+const SETTLED_MARGIN: time::Duration = time::Duration::seconds(5);
+
+/// Whether no change stamped `changed_at` can come after a reply the server sent at
+/// `server_now`.
+fn is_settled(changed_at: Option<OffsetDateTime>, server_now: Option<OffsetDateTime>) -> bool {
+    matches!((changed_at, server_now), (Some(changed), Some(now)) if changed + SETTLED_MARGIN <= now)
+}
+
 /// Codes with which a server could refuse the extended property we ask FindFolder for.
 const REFUSED_PROPERTY_CODES: &[&str] = &[
     "ErrorInvalidPropertyRequest",
@@ -151,6 +162,8 @@ pub struct EwsSource {
     request_pause: Duration,
     /// Counts retries by reason, for logs and metrics.
     on_retry: Arc<dyn Fn(&str) + Send + Sync>,
+    /// The `Date` of the latest reply read.
+    last_reply_date: Option<OffsetDateTime>,
 }
 
 impl EwsSource {
@@ -171,6 +184,7 @@ impl EwsSource {
             stop,
             request_pause,
             on_retry,
+            last_reply_date: None,
         }
     }
 
@@ -202,7 +216,10 @@ impl EwsSource {
                 let _permit = self.server.connections.acquire();
                 self.transport.post(mailbox, &request)
             }
-            .and_then(|reply| into_text(reply.body))
+            .and_then(|reply| {
+                self.last_reply_date = reply.date;
+                into_text(reply.body)
+            })
             .and_then(|text| {
                 // A fault or a whole-request throttling error fails the request; per-item
                 // errors are for `read`.
@@ -409,6 +426,8 @@ struct RawFolder {
     is_mail: bool,
     hidden: bool,
     changed_at: Option<OffsetDateTime>,
+    /// See [`FolderInfo::changed_at_settled`]; set from the reply's `Date`.
+    changed_at_settled: bool,
 }
 
 impl MailSource for EwsSource {
@@ -458,7 +477,9 @@ impl MailSource for EwsSource {
                 other => other?,
             };
             let returned = found.len();
-            for (id, folder) in found {
+            let server_now = self.last_reply_date;
+            for (id, mut folder) in found {
+                folder.changed_at_settled = is_settled(folder.changed_at, server_now);
                 if let std::collections::hash_map::Entry::Vacant(slot) = folders.entry(id) {
                     order.push(slot.key().clone());
                     slot.insert(folder);
@@ -730,6 +751,7 @@ fn read_folder_page(
             is_mail,
             hidden,
             changed_at,
+            changed_at_settled: false,
         };
         found.push((id.to_owned(), folder));
     }
@@ -833,6 +855,7 @@ fn mail_folders(
                     id: id.as_str().into(),
                     path: path.into(),
                     changed_at: folders.get(id).and_then(|f| f.changed_at),
+                    changed_at_settled: folders.get(id).is_some_and(|f| f.changed_at_settled),
                 });
                 continue 'folders;
             }
@@ -941,6 +964,7 @@ mod tests {
             is_mail,
             hidden,
             changed_at: None,
+            changed_at_settled: false,
         }
     }
 
@@ -1001,6 +1025,18 @@ mod tests {
         assert_eq!(by_id["hidden"].changed_at, None);
         assert!(!by_id["search"].is_mail);
         assert_eq!(by_id["search"].changed_at, None);
+    }
+
+    #[test]
+    fn a_change_time_is_settled_well_before_the_servers_clock() {
+        let changed = time::macros::datetime!(2024-03-01 10:00:07 UTC);
+        assert!(is_settled(Some(changed), Some(changed + SETTLED_MARGIN)));
+        assert!(!is_settled(
+            Some(changed),
+            Some(changed + SETTLED_MARGIN - time::Duration::SECOND)
+        ));
+        assert!(!is_settled(None, Some(changed + SETTLED_MARGIN)));
+        assert!(!is_settled(Some(changed), None));
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct FolderInfo {
     /// PR_LOCAL_COMMIT_TIME_MAX, to the second); `None` when the server does not say. Lets
     /// the scheduler skip listing a folder that has not changed since a complete listing.
     pub changed_at: Option<OffsetDateTime>,
+    /// The server's own clock was well past `changed_at` when it reported it, so no change
+    /// stamped with that time can come after this discovery: a listing that starts now
+    /// covers it (see [`crate::sync::state::ChangeMark`]).
+    pub changed_at_settled: bool,
 }
 
 /// An item found by a listing, before its content is fetched.

@@ -40,7 +40,19 @@ impl fmt::Debug for Credentials {
 /// An HTTP response we read to the end.
 pub struct Reply {
     pub status: u16,
+    /// The server's clock when it answered (`Date`), to the second.
+    pub date: Option<time::OffsetDateTime>,
     pub body: Vec<u8>,
+}
+
+impl From<RawReply> for Reply {
+    fn from(raw: RawReply) -> Reply {
+        Reply {
+            status: raw.status,
+            date: raw.date,
+            body: raw.body,
+        }
+    }
 }
 
 /// Posts SOAP requests for one thread. NTLM authenticates the TCP connection, so the three
@@ -119,10 +131,7 @@ impl Transport {
             let authorization = Secret::new(format!("Bearer {}", token.expose()));
             let raw = self.send_raw(anchor_mailbox, body, Some(authorization.expose()))?;
             if raw.status != 401 {
-                return self.check_status(Reply {
-                    status: raw.status,
-                    body: raw.body,
-                });
+                return self.check_status(raw.into());
             }
             if !refreshed {
                 log::debug!(
@@ -158,19 +167,12 @@ impl Transport {
             detail,
         };
         let negotiate = ntlm::negotiate_header().map_err(auth_error)?;
-        let RawReply {
-            status,
-            challenges: challenge_headers,
-            body: first,
-            ..
-        } = self.send_raw(anchor_mailbox, body, Some(&negotiate))?;
-        if status != 401 {
+        let first = self.send_raw(anchor_mailbox, body, Some(&negotiate))?;
+        if first.status != 401 {
             // The server did not ask for authentication at all.
-            return self.check_status(Reply {
-                status,
-                body: first,
-            });
+            return self.check_status(first.into());
         }
+        let challenge_headers = first.challenges;
         let Some(challenge) =
             ntlm::challenge_from_headers(challenge_headers.iter().map(String::as_str))
         else {
@@ -231,11 +233,7 @@ impl Transport {
         body: &str,
         authorization: Option<&str>,
     ) -> Result<Reply, Error> {
-        let raw = self.send_raw(anchor_mailbox, body, authorization)?;
-        Ok(Reply {
-            status: raw.status,
-            body: raw.body,
-        })
+        Ok(self.send_raw(anchor_mailbox, body, authorization)?.into())
     }
 
     /// Sends one request and reads the whole reply, which returns the connection to the pool.
@@ -292,11 +290,9 @@ impl Transport {
         } else {
             (Vec::new(), None)
         };
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+        let retry_after = header("retry-after").and_then(parse_retry_after);
+        let date = header("date").and_then(parse_http_date);
         let bytes = crate::http::read_body(response.body_mut(), MAX_RESPONSE_BYTES);
         exchanged(
             Some(status),
@@ -314,6 +310,7 @@ impl Transport {
         }
         Ok(RawReply {
             status,
+            date,
             challenges,
             diagnostics,
             body: bytes,
@@ -347,6 +344,7 @@ impl Transport {
 /// One reply as read off the wire.
 struct RawReply {
     status: u16,
+    date: Option<time::OffsetDateTime>,
     /// `WWW-Authenticate` values of a 401.
     challenges: Vec<String>,
     /// `x-ms-diagnostics` of a 401: Exchange Online says there why it refused a token.
@@ -478,10 +476,13 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
-    let when =
-        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
-    let wait = when - time::OffsetDateTime::now_utc();
+    let wait = parse_http_date(value)? - time::OffsetDateTime::now_utc();
     Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn parse_http_date(value: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(value.trim(), &time::format_description::well_known::Rfc2822).ok()
 }
 
 /// The start of a body for an error message, on one line.
@@ -536,6 +537,7 @@ mod tests {
     fn bearer_refusals_are_explained_from_the_headers() {
         let reply = RawReply {
             status: 401,
+            date: None,
             challenges: vec![
                 r#"Bearer client_id="00000002-0000-0ff1-ce00-000000000000", error="invalid_token""#
                     .into(),

@@ -27,6 +27,7 @@ fn folder(id: &str, path: &[&str]) -> FolderInfo {
         id: id.into(),
         path: path.iter().map(|s| s.to_string()).collect(),
         changed_at: None,
+        changed_at_settled: false,
     }
 }
 

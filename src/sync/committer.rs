@@ -248,6 +248,7 @@ mod tests {
                 id: "f".into(),
                 path: ["Inbox".to_owned()].into(),
                 changed_at: None,
+                changed_at_settled: false,
             },
             cursor: Cursor::starting_at(datetime!(2024-01-01 0:00 UTC)),
             until: None,

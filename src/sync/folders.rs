@@ -428,6 +428,7 @@ mod tests {
             id: id.into(),
             path: path.iter().map(|s| s.to_string()).collect(),
             changed_at: None,
+            changed_at_settled: false,
         }
     }
 

@@ -419,7 +419,7 @@ impl Scheduler {
         let cursor = slot.cursors.get_or(&folder.id, || {
             Cursor::starting_at(start_of(config.start_timestamp, config.start_from))
         });
-        let change = known.queued(folder.changed_at, now);
+        let change = known.queued(folder.changed_at, folder.changed_at_settled, now);
         if change != known {
             slot.cursors.set_change_mark(&folder, &cursor, change);
         }

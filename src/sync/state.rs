@@ -75,9 +75,16 @@ impl ChangeMark {
         matches!((self, changed_at), (ChangeMark::Covered { changed_at: covered }, Some(now)) if covered == now)
     }
 
-    /// The mark for a listing queued at `now` while the folder's change time is `changed_at`.
+    /// The mark for a listing queued at `now` while the folder's change time is `changed_at`;
+    /// `settled`: the server vouched that no later change can carry that time
+    /// ([`crate::exchange::FolderInfo::changed_at_settled`]), so this listing covers it.
     #[must_use]
-    pub fn queued(self, changed_at: Option<OffsetDateTime>, now: Instant) -> ChangeMark {
+    pub fn queued(
+        self,
+        changed_at: Option<OffsetDateTime>,
+        settled: bool,
+        now: Instant,
+    ) -> ChangeMark {
         let Some(changed_at) = changed_at else {
             return ChangeMark::Unknown;
         };
@@ -92,7 +99,7 @@ impl ChangeMark {
         ChangeMark::Seen {
             changed_at,
             seen_at,
-            confirming: now >= seen_at + CHANGE_TIME_RESOLUTION,
+            confirming: settled || now >= seen_at + CHANGE_TIME_RESOLUTION,
         }
     }
 
@@ -182,30 +189,30 @@ mod tests {
         let later = datetime!(2024-01-01 0:00:01 UTC);
         let seen = Instant::now();
         // No time reported: never skipped.
-        let mark = ChangeMark::Unknown.queued(None, seen);
+        let mark = ChangeMark::Unknown.queued(None, false, seen);
         assert_eq!(mark, ChangeMark::Unknown);
         assert!(!mark.listed_completely().is_covered(None));
         // First listing right after the time was seen: another change in the same second
         // may have come after it began.
         let mark = ChangeMark::Unknown
-            .queued(Some(t), seen)
+            .queued(Some(t), false, seen)
             .listed_completely();
         assert!(!mark.is_covered(Some(t)));
         // The next listing, queued later, keeps the first sighting and covers the time.
-        let mark = mark.queued(Some(t), seen + CHANGE_TIME_RESOLUTION);
+        let mark = mark.queued(Some(t), false, seen + CHANGE_TIME_RESOLUTION);
         let covered = mark.listed_completely();
         assert_eq!(covered, ChangeMark::Covered { changed_at: t });
         assert!(covered.is_covered(Some(t)));
         // A new time or a missing one means a listing; the new time starts over.
         assert!(!covered.is_covered(Some(later)));
         assert!(!covered.is_covered(None));
-        let mark = covered.queued(Some(later), seen + CHANGE_TIME_RESOLUTION * 2);
+        let mark = covered.queued(Some(later), false, seen + CHANGE_TIME_RESOLUTION * 2);
         assert!(!mark.listed_completely().is_covered(Some(later)));
         // Queued again with the same time: the first sighting counts.
         let soon = seen + CHANGE_TIME_RESOLUTION * 2 + Duration::from_millis(500);
-        let again = mark.queued(Some(later), soon);
+        let again = mark.queued(Some(later), false, soon);
         assert!(!again.listed_completely().is_covered(Some(later)));
-        let again = again.queued(Some(later), seen + CHANGE_TIME_RESOLUTION * 3);
+        let again = again.queued(Some(later), false, seen + CHANGE_TIME_RESOLUTION * 3);
         assert!(again.listed_completely().is_covered(Some(later)));
     }
 

@@ -236,6 +236,7 @@ impl MailSource for GraphSource {
                 path: path.into(),
                 // Graph lists no change time of a folder's contents: every folder is listed.
                 changed_at: None,
+                changed_at_settled: false,
             });
         }
         Ok(out)

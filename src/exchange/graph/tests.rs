@@ -131,6 +131,7 @@ fn folder_info(setup: &Setup, name: &str) -> (FolderInfo, Vec<fake_exchange::Ite
             id: rest_id(&folder.id).into(),
             path: mailbox.mail_folder_path(&folder.id).into(),
             changed_at: None,
+            changed_at_settled: false,
         },
         items,
     )
