@@ -173,29 +173,13 @@ fn write_json_string(out: &mut Vec<u8>, text: &str) {
 /// Position of the first byte at or after `from` that JSON needs escaped: below 0x20, a
 /// quote or a backslash.
 fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const LOWS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // High bit of each byte that is zero / below 0x20. Exact: the additions cannot carry
-    // from one byte into the next.
-    let zero = |w: u64| !(((w & LOWS) + LOWS) | w) & HIGHS;
-    let control = |w: u64| !(((w & LOWS) + ONES * 0x60) | w) & HIGHS;
-    let mut i = from;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let mask =
-            control(w) | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')));
-        if mask != 0 {
-            return Some(i + (mask.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    let tail = bytes.get(i..).unwrap_or_default();
-    tail.iter()
-        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
-        .map(|p| i + p)
+    use crate::bytescan::{control_bytes, find_first, splat, zero_bytes};
+    find_first(
+        bytes,
+        from,
+        |w| control_bytes(w) | zero_bytes(w ^ splat(b'"')) | zero_bytes(w ^ splat(b'\\')),
+        |b| b < 0x20 || b == b'"' || b == b'\\',
+    )
 }
 
 /// The Internet Message-ID (angle brackets included, as the reinfer CLI does) when the email

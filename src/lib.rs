@@ -8,6 +8,7 @@
 pub mod allocator;
 pub mod app;
 pub mod auth;
+pub mod bytescan;
 pub mod cli;
 pub mod config;
 pub mod digest;

@@ -205,28 +205,13 @@ fn memchr_amp_hash(haystack: &[u8]) -> Option<usize> {
 /// Position of the first byte equal to `a` or `b`, found eight bytes at a time (a response
 /// is mostly base64, where neither `<` nor `&` occurs).
 fn find_either(haystack: &[u8], a: u8, b: u8) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const LOWS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // High bit of each zero byte; exact, as the addition cannot carry between bytes.
-    let zero = |w: u64| !(((w & LOWS) + LOWS) | w) & HIGHS;
-    let mut i = 0;
-    while let Some(chunk) = haystack.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let mask = zero(w ^ (ONES * u64::from(a))) | zero(w ^ (ONES * u64::from(b)));
-        if mask != 0 {
-            return Some(i + (mask.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    haystack
-        .get(i..)
-        .unwrap_or_default()
-        .iter()
-        .position(|&c| c == a || c == b)
-        .map(|p| i + p)
+    use crate::bytescan::{find_first, splat, zero_bytes};
+    find_first(
+        haystack,
+        0,
+        |w| zero_bytes(w ^ splat(a)) | zero_bytes(w ^ splat(b)),
+        |c| c == a || c == b,
+    )
 }
 
 /// The `Char` production of XML 1.0.

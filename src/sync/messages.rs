@@ -74,7 +74,6 @@ pub enum Event {
     FolderDone {
         mailbox: usize,
         folder_id: Arc<str>,
-        cursor: Cursor,
         complete: bool,
         /// Why the job did not finish, if it did not.
         error: Option<String>,

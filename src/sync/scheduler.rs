@@ -145,8 +145,8 @@ impl Scheduler {
                 };
             }
             if self.queue.is_empty() && self.queue.capacity() > IDLE_QUEUE_CAPACITY {
-                // A cycle queues every folder of every due mailbox at once; between cycles
-                // that peak would otherwise stay allocated.
+                // Discoveries in flight and long folders passed round the queue can grow it
+                // well beyond this; between cycles that peak would otherwise stay allocated.
                 self.queue.shrink_to(IDLE_QUEUE_CAPACITY);
             }
             let timeout = self.next_wakeup().saturating_duration_since(Instant::now());
@@ -237,7 +237,7 @@ impl Scheduler {
         for (_, mailbox, folder) in due {
             // Marked busy while deferred so the mailbox does not count as done.
             self.slots[mailbox].busy.remove(&folder.id);
-            self.queue_folder(mailbox, folder);
+            self.queue_folder(mailbox, &folder);
         }
     }
 
@@ -264,14 +264,13 @@ impl Scheduler {
                 match result {
                     Ok(folders) => {
                         slot.consecutive_failures = 0;
-                        slot.folders = folders;
-                        slot.folders.shrink_to_fit();
-                        let list: Vec<FolderInfo> = slot.folders.clone();
-                        let count = list.len();
-                        let queued = list
-                            .into_iter()
-                            .filter(|folder| self.queue_folder(mailbox, folder.clone()))
+                        let mut folders = folders;
+                        folders.shrink_to_fit();
+                        let count = folders.len();
+                        let queued = (folders.iter())
+                            .filter(|folder| self.queue_folder(mailbox, folder))
                             .count();
+                        self.slots[mailbox].folders = folders;
                         if queued < count {
                             log::debug!(
                                 "mailbox={address}: {} of {count} folders unchanged since their last complete listing",
@@ -322,7 +321,6 @@ impl Scheduler {
             Event::FolderDone {
                 mailbox,
                 folder_id,
-                cursor: _,
                 complete,
                 error,
                 fatal,
@@ -376,7 +374,7 @@ impl Scheduler {
                     }
                     (None, Some(folder)) if !complete => {
                         // More to copy: back of the queue, so other folders get their turn.
-                        self.queue_folder(mailbox, folder);
+                        self.queue_folder(mailbox, &folder);
                     }
                     (None, _) => {
                         slot.failed_until.remove(&folder_id);
@@ -393,7 +391,7 @@ impl Scheduler {
 
     /// Queues a pass over `folder` unless it is busy, resting after a failure, or (between
     /// polls of the daemon) unchanged since a complete listing. True when queued.
-    fn queue_folder(&mut self, mailbox: usize, folder: FolderInfo) -> bool {
+    fn queue_folder(&mut self, mailbox: usize, folder: &FolderInfo) -> bool {
         let config = &self.shared.mailboxes[mailbox];
         let slot = &mut self.slots[mailbox];
         if slot.busy.contains(&folder.id)
@@ -421,17 +419,17 @@ impl Scheduler {
         });
         let change = known.queued(folder.changed_at, folder.changed_at_settled, now);
         if change != known {
-            slot.cursors.set_change_mark(&folder, &cursor, change);
+            slot.cursors.set_change_mark(folder, &cursor, change);
         }
         slot.busy.insert(folder.id.clone());
         self.shared
             .metrics
-            .folder_queued(&config.address, &folder, &cursor);
+            .folder_queued(&config.address, folder, &cursor);
         self.next_job_id += 1;
         self.queue.push_back(Job::SyncFolder(FolderJob {
             job_id: self.next_job_id,
             mailbox,
-            folder,
+            folder: folder.clone(),
             cursor,
             until: self.until,
         }));

@@ -41,28 +41,15 @@ fn oauth_config(
     mailboxes: &[String],
     extra: Value,
 ) -> Value {
-    let mut boxes = serde_json::Map::new();
-    for address in mailboxes {
-        boxes.insert(
-            address.clone(),
-            json!({"bucket": {"owner": "demo", "name": "emails"}, "start_from": "bucket"}),
-        );
-    }
-    let mut config = json!({
+    let server = json!({
         "microsoft_api": "ews",
         "ews_endpoint": front.url(),
         "auth_type": "oauth2",
         "auth_oauth_authority": login.authority(),
         "auth_oauth_client_id": CLIENT_ID,
         "auth_oauth_client_secret": SECRET,
-        "poll_message_sleep": 0,
-        "poll_frequency": 1,
-        "mailboxes": boxes,
     });
-    if let (Some(target), Value::Object(extra)) = (config.as_object_mut(), extra) {
-        target.extend(extra);
-    }
-    config
+    config_with(server, mailboxes, extra)
 }
 
 /// Every request impersonated its mailbox and named it in X-AnchorMailbox.

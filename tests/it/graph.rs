@@ -49,28 +49,15 @@ fn mailboxes_of(data: &DataSet) -> Vec<String> {
 
 /// A Graph config with the client secret; `extra` keys are merged in.
 fn graph_config(graph: &FakeGraph, login: &FakeLogin, mailboxes: &[String], extra: Value) -> Value {
-    let mut boxes = serde_json::Map::new();
-    for address in mailboxes {
-        boxes.insert(
-            address.clone(),
-            json!({"bucket": {"owner": "demo", "name": "emails"}, "start_from": "bucket"}),
-        );
-    }
-    let mut config = json!({
+    let server = json!({
         "microsoft_api": "graph",
         "graph_endpoint": graph.url(),
         "auth_type": "oauth2",
         "auth_oauth_authority": login.authority(),
         "auth_oauth_client_id": CLIENT_ID,
         "auth_oauth_client_secret": SECRET,
-        "poll_message_sleep": 0,
-        "poll_frequency": 1,
-        "mailboxes": boxes,
     });
-    if let (Some(target), Value::Object(extra)) = (config.as_object_mut(), extra) {
-        target.extend(extra);
-    }
-    config
+    config_with(server, mailboxes, extra)
 }
 
 fn assert_clean(graph: &FakeGraph) {

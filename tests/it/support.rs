@@ -30,24 +30,35 @@ impl Run {
 /// A config for `url` with the test NTLM account and `mailboxes` in bucket demo/emails;
 /// `extra` keys are merged in.
 pub fn config(url: &str, mailboxes: &[String], extra: Value) -> Value {
-    let mut boxes = serde_json::Map::new();
-    for address in mailboxes {
-        boxes.insert(
-            address.clone(),
-            json!({"bucket": {"owner": "demo", "name": "emails"}, "start_from": "bucket"}),
-        );
-    }
-    let mut config = json!({
+    let server = json!({
         "ews_endpoint": url,
         "auth_type": "ntlm",
         "auth_user": format!("{NTLM_DOMAIN}\\{NTLM_USER}"),
         "auth_password": NTLM_PASSWORD,
+    });
+    config_with(server, mailboxes, extra)
+}
+
+/// `server` keys (endpoint, authentication) plus `mailboxes` in bucket demo/emails, no pause
+/// between requests, a poll every second; `extra` keys are merged in last.
+pub fn config_with(server: Value, mailboxes: &[String], extra: Value) -> Value {
+    let boxes: serde_json::Map<String, Value> = mailboxes
+        .iter()
+        .map(|address| {
+            let entry =
+                json!({"bucket": {"owner": "demo", "name": "emails"}, "start_from": "bucket"});
+            (address.clone(), entry)
+        })
+        .collect();
+    let mut config = json!({
         "poll_message_sleep": 0,
         "poll_frequency": 1,
         "mailboxes": boxes,
     });
-    if let (Some(target), Value::Object(extra)) = (config.as_object_mut(), extra) {
-        target.extend(extra);
+    for part in [server, extra] {
+        if let (Some(target), Value::Object(part)) = (config.as_object_mut(), part) {
+            target.extend(part);
+        }
     }
     config
 }
