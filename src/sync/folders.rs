@@ -242,19 +242,13 @@ pub struct Folder {
 
 impl Folder {
     fn new(folder: &FolderInfo, cursor: &Cursor) -> Folder {
-        let mut ids: Vec<&str> = cursor
-            .ids_at_synced_until
-            .iter()
-            .map(String::as_str)
-            .collect();
-        ids.sort_unstable();
         Folder {
             name: Packed::new(
                 std::iter::once(&*folder.id).chain(folder.path.iter().map(String::as_str)),
             ),
             in_state: false,
             synced_until: cursor.synced_until,
-            ids_at_synced_until: Packed::new(ids.iter().copied()),
+            ids_at_synced_until: sorted_ids(cursor),
             last_synced_at: None,
             outcome: None,
             view: FolderView::default(),
@@ -342,14 +336,8 @@ impl Folder {
 
     /// As [`FolderState::set_cursor`]: the ids are kept sorted.
     pub fn set_cursor(&mut self, cursor: &Cursor) {
-        let mut ids: Vec<&str> = cursor
-            .ids_at_synced_until
-            .iter()
-            .map(String::as_str)
-            .collect();
-        ids.sort_unstable();
         self.synced_until = cursor.synced_until;
-        self.ids_at_synced_until = Packed::new(ids.iter().copied());
+        self.ids_at_synced_until = sorted_ids(cursor);
     }
 
     /// Sets the outcome of the folder's last pass (status `ok` or `error`, and the error);
@@ -362,6 +350,17 @@ impl Folder {
         self.outcome = outcome;
         true
     }
+}
+
+/// The ids at a cursor's watermark, sorted (the order the state file keeps them in).
+fn sorted_ids(cursor: &Cursor) -> Packed {
+    let mut ids: Vec<&str> = cursor
+        .ids_at_synced_until
+        .iter()
+        .map(String::as_str)
+        .collect();
+    ids.sort_unstable();
+    Packed::new(ids.iter().copied())
 }
 
 /// Strings in one heap block: each as its length in bytes (decimal), `:`, then its text. A
